@@ -1,0 +1,1 @@
+"""Protocol Buffers sources and their committed generated Python (`make proto`)."""

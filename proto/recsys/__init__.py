@@ -1,0 +1,1 @@
+"""Namespace for the recsys.* proto packages. Importable as `proto.recsys`, never as `recsys`."""

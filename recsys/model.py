@@ -1,0 +1,265 @@
+"""Behavior Sequence Transformer (BST, Chen et al. 2019) with a retrieval head.
+
+Read top to bottom: config, the item embedding, one Transformer block, the BST ranker, the retrieval
+encoder, then `BST` which ties them together:
+
+- `encode_user(history) -> (B, D)`: the user vector in the item-embedding space; FAISS searches it.
+- `score(history, candidates) -> (B, C)`: the BST ranker's logits (the reference computation).
+- `forward(batch) -> (logits, loss)`: training; CTR log loss plus the next-item objective.
+
+The model sees tensors only. Id mapping, padding (index 0), unknown ids (index 1), time-gap bucketing
+and the context features are made by the data layer (`recsys.batch`).
+
+Deviations from the paper, each deliberate:
+- Item id and side-feature embeddings are *summed* into one d-wide vector (the paper concatenates), so
+  the ranker and the retrieval head share one item space that FAISS can index.
+- The position embedding (bucketised time gap) is added to the token, as in the Transformer.
+- The MLP reads the target position's output (`pooling="target"`) by default rather than all positions
+  flattened: with one block this is exactly what makes the single-pass candidate scorer exact (each
+  candidate attends to the history and to itself only). `pooling="flatten"` is the paper's variant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_items: int  # item vocabulary size, padding (0) and unknown (1) included
+    side_sizes: tuple[int, ...] = ()  # vocabulary size of each categorical item column (category, brand, ...)
+    side_widths: tuple[int, ...] = ()  # values per item of each column (>1 for multi-valued attributes)
+    user_sizes: tuple[int, ...] = ()  # vocabulary size of each user profile column
+    n_events: int = 3  # event-type vocabulary (click, cart, ...); behaviors carry their event type
+    max_len: int = 20  # behaviors the ranker attends to (the paper uses 20)
+    retrieval_len: int = 50  # behaviors the retrieval encoder reads; >= max_len
+    d_model: int = 64  # width of every token; the FAISS vectors have this width
+    n_heads: int = 8  # the paper's 8 heads
+    n_blocks: int = 1  # the paper found one block best
+    ffn_mult: int = 4  # feed-forward width = ffn_mult * d_model
+    dropout: float = 0.2  # on attention, residual branches and the MLP
+    position: Literal["time", "ordinal"] = "time"  # time-gap buckets, or steps back when logs lack time
+    n_positions: int = 64  # position vocabulary: 0 pad, 1 the target, 2.. gap buckets
+    d_feature: int = 16  # width of each user-profile and context embedding
+    mlp_dims: tuple[int, ...] = (1024, 512, 256)  # the paper's MLP
+    pooling: Literal["target", "flatten"] = "target"  # MLP input: target output, or all outputs flattened
+    retrieval_blocks: int = 2  # causal blocks of the retrieval encoder
+    retrieval_weight: float = 1.0  # weight of the next-item loss beside the CTR log loss
+    retrieval_temperature: float = 1.0  # softmax temperature of the next-item objective
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if len(self.side_sizes) != len(self.side_widths):
+            raise ValueError("side_sizes and side_widths must have one entry per item column")
+        if self.retrieval_len < self.max_len:
+            raise ValueError(f"retrieval_len={self.retrieval_len} must be >= max_len={self.max_len}")
+        if self.position == "ordinal" and self.n_positions < self.retrieval_len + 2:
+            raise ValueError(f"ordinal positions need n_positions >= retrieval_len + 2 = {self.retrieval_len + 2}")
+
+
+class History(NamedTuple):
+    """A batch of user histories, left-padded so the newest behavior is last. All int64."""
+
+    items: Tensor  # (B, T) item indices, 0 = padding
+    positions: Tensor  # (B, T) gap buckets relative to the request (target) time, 0 = padding
+    events: Tensor  # (B, T) event-type indices, 0 = padding
+    user: Tensor  # (B, U) user profile indices
+    context: Tensor  # (B, 2) hour-of-day + 1 and day-of-week + 1 of the request, 0 = unknown
+
+
+# ---------------------------------------------------------------------------------------------------
+# Item embedding: id + side features (multi-valued columns are mean-pooled, padding excluded)
+
+
+class ItemEmbedding(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ids = nn.Embedding(cfg.n_items, cfg.d_model, padding_idx=0)
+        self.sides = nn.ModuleList(nn.Embedding(n, cfg.d_model, padding_idx=0) for n in cfg.side_sizes)
+        for j, width in enumerate(cfg.side_widths):
+            # the item -> side-feature table, filled from the saved vocabulary (see recsys.batch)
+            self.register_buffer(f"side_table_{j}", torch.zeros(cfg.n_items, width, dtype=torch.long))
+        nn.init.normal_(self.ids.weight, std=0.02)
+        for emb in self.sides:
+            nn.init.normal_(emb.weight, std=0.02)
+
+    def side_table(self, j: int) -> Tensor:
+        table: Tensor = getattr(self, f"side_table_{j}")
+        return table
+
+    def forward(self, items: Tensor) -> Tensor:  # (...,) -> (..., d)
+        out = self.ids(items)
+        for j, emb in enumerate(self.sides):
+            values = self.side_table(j)[items]  # (..., W)
+            present = (values > 0).unsqueeze(-1).to(out.dtype)  # (..., W, 1)
+            pooled = (emb(values) * present).sum(-2) / present.sum(-2).clamp(min=1.0)  # (..., d)
+            out = out + pooled
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# One Transformer block: multi-head self-attention, LeakyReLU feed-forward, residuals, post-LayerNorm
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln1 = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_mult * d), nn.LeakyReLU(), nn.Linear(cfg.ffn_mult * d, d))
+        self.ln2 = nn.LayerNorm(d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.p_attn = cfg.dropout
+
+    def heads(self, x: Tensor) -> Tensor:  # (B, T, d) -> (B, h, T, d/h)
+        B, T, d = x.shape
+        return x.view(B, T, self.n_heads, d // self.n_heads).transpose(1, 2)  # (B, h, T, hd)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """q (B, h, Tq, hd), k/v (B, h, Tk, hd), mask (B, 1, Tq, Tk) True = may attend -> (B, Tq, d)."""
+        p = self.p_attn if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, h, Tq, hd)
+        B, h, Tq, hd = out.shape
+        return out.transpose(1, 2).reshape(B, Tq, h * hd)  # (B, Tq, d)
+
+    def finish(self, x: Tensor, attended: Tensor) -> Tensor:
+        x = self.ln1(x + self.drop(self.proj(attended)))
+        return self.ln2(x + self.drop(self.ffn(x)))
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # (B, T, d), (B, 1, T, T) -> (B, T, d)
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x (B, T, d)
+        return self.finish(x, self.attend(self.heads(q), self.heads(k), self.heads(v), mask))
+
+
+def key_mask(valid: Tensor, causal: bool) -> Tensor:
+    """(B, T) valid keys -> (B, 1, T, T) attention mask. A token always sees itself, so a padding
+    query never has an empty row (which would make softmax NaN)."""
+    B, T = valid.shape
+    eye = torch.eye(T, dtype=torch.bool, device=valid.device)
+    mask = valid[:, None, :].expand(B, T, T) | eye  # (B, Tq, Tk)
+    if causal:
+        mask = mask & torch.ones(T, T, dtype=torch.bool, device=valid.device).tril()
+    return mask.unsqueeze(1)  # (B, 1, T, T)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The model
+
+
+class BST(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.items = ItemEmbedding(cfg)
+        # ranker: behaviors + target -> blocks -> MLP
+        self.position = nn.Embedding(cfg.n_positions, d, padding_idx=0)
+        self.event = nn.Embedding(cfg.n_events, d, padding_idx=0)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_blocks))
+        self.user = nn.ModuleList(nn.Embedding(n, cfg.d_feature, padding_idx=0) for n in cfg.user_sizes)
+        self.hour = nn.Embedding(25, cfg.d_feature, padding_idx=0)
+        self.weekday = nn.Embedding(8, cfg.d_feature, padding_idx=0)
+        seq_width = d * (cfg.max_len + 1) if cfg.pooling == "flatten" else d
+        width = seq_width + d + cfg.d_feature * (len(cfg.user_sizes) + 2)  # + target item + profile + context
+        layers: list[nn.Module] = []
+        for out in cfg.mlp_dims:
+            layers += [nn.Linear(width, out), nn.LeakyReLU(), nn.Dropout(cfg.dropout)]
+            width = out
+        self.mlp = nn.Sequential(*layers, nn.Linear(width, 1))
+        # retrieval: a causal encoder over the last `retrieval_len` behaviors, in the item space
+        self.slot = nn.Embedding(cfg.retrieval_len, d)
+        self.retrieval_blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.retrieval_blocks))
+        self.retrieval_norm = nn.LayerNorm(d)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    # -- ranking ------------------------------------------------------------------------------------
+
+    def request_features(self, history: History) -> Tensor:
+        """Everything the MLP reads that does not depend on the candidate. (B, F)."""
+        parts = [emb(history.user[:, j]) for j, emb in enumerate(self.user)]
+        parts += [self.hour(history.context[:, 0]), self.weekday(history.context[:, 1])]
+        return torch.cat(parts, dim=-1)
+
+    def behavior_tokens(self, history: History) -> Tensor:
+        """The last `max_len` behaviors as tokens. (B, L, d)."""
+        L = self.cfg.max_len
+        items, pos, ev = history.items[:, -L:], history.positions[:, -L:], history.events[:, -L:]
+        return self.items(items) + self.position(pos) + self.event(ev)
+
+    def score(self, history: History, candidates: Tensor) -> Tensor:
+        """The reference BST ranker: every candidate gets its own pass over [behaviors; candidate].
+        history: B users, candidates (B, C) item indices -> logits (B, C)."""
+        B, C = candidates.shape
+        L = self.cfg.max_len
+        behaviors = self.behavior_tokens(history)  # (B, L, d)
+        L = behaviors.shape[1]
+        target_raw = self.items(candidates)  # (B, C, d)
+        target = target_raw + self.position.weight[1]  # position 1 marks the target
+        tokens = torch.cat([behaviors.unsqueeze(1).expand(B, C, L, -1), target.unsqueeze(2)], dim=2)
+        tokens = self.drop(tokens.reshape(B * C, L + 1, -1))  # (B*C, L+1, d)
+        valid = torch.cat([history.items[:, -L:] > 0, torch.ones_like(candidates[:, :1], dtype=torch.bool)], 1)
+        mask = key_mask(valid.repeat_interleave(C, dim=0), causal=False)  # (B*C, 1, L+1, L+1)
+        for block in self.blocks:
+            tokens = block(tokens, mask)
+        if self.cfg.pooling == "target":
+            seq = tokens[:, -1]  # (B*C, d)
+        else:
+            seq = tokens.reshape(B * C, -1)  # (B*C, (L+1)*d)
+        seq = seq.view(B, C, -1)  # (B, C, S)
+        request = self.request_features(history).unsqueeze(1).expand(B, C, -1)  # (B, C, F)
+        return self.mlp(torch.cat([seq, target_raw, request], dim=-1)).squeeze(-1)  # (B, C)
+
+    # -- retrieval ----------------------------------------------------------------------------------
+
+    def encode_sequence(self, items: Tensor) -> Tensor:
+        """Causal encoder: output t summarises items[:, :t+1]. (B, T) -> (B, T, d), T <= retrieval_len."""
+        T = items.shape[1]
+        slots = torch.arange(self.cfg.retrieval_len - T, self.cfg.retrieval_len, device=items.device)
+        x = self.drop(self.items(items) + self.slot(slots))  # (B, T, d)
+        mask = key_mask(items > 0, causal=True)  # (B, 1, T, T)
+        for block in self.retrieval_blocks:
+            x = block(x, mask)
+        return self.retrieval_norm(x)
+
+    def encode_user(self, history: History) -> Tensor:
+        """The user vector for FAISS: the causal encoder's newest position. (B, d)."""
+        return self.encode_sequence(history.items[:, -self.cfg.retrieval_len :])[:, -1]
+
+    def item_vectors(self) -> Tensor:
+        """Every item's vector in the retrieval space (rows 0 and 1 are padding and unknown). (N, d)."""
+        return self.items(torch.arange(self.cfg.n_items, device=self.items.ids.weight.device))
+
+    # -- training -----------------------------------------------------------------------------------
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """batch: the History fields plus `target` (B,) and `label` (B,) float.
+        Returns the CTR logits (B,) and the loss: log loss + retrieval_weight * next-item loss."""
+        history = History(*(batch[name] for name in History._fields))
+        logits = self.score(history, batch["target"].unsqueeze(1)).squeeze(1)  # (B,)
+        loss = F.binary_cross_entropy_with_logits(logits, batch["label"])
+        if self.cfg.retrieval_weight > 0:
+            loss = loss + self.cfg.retrieval_weight * self.next_item_loss(history.items, batch["target"], batch["label"])
+        return logits, loss
+
+    def next_item_loss(self, items: Tensor, target: Tensor, label: Tensor) -> Tensor:
+        """Full-softmax cross-entropy over the catalog at every position of the positives' histories
+        (SASRec-style: position t predicts item t+1; the last predicts the clicked target)."""
+        keep = label > 0.5
+        items, target = items[keep, -self.cfg.retrieval_len :], target[keep]  # (P, T), (P,)
+        if items.shape[0] == 0:
+            return items.new_zeros((), dtype=torch.float32)
+        nxt = torch.cat([items[:, 1:], target.unsqueeze(1)], dim=1)  # (P, T) the item after each position
+        valid = (items > 0) & (nxt > 1)  # a real input and a known next item
+        hidden = self.encode_sequence(items)[valid]  # (M, d)
+        logits = hidden @ self.item_vectors().T / self.cfg.retrieval_temperature  # (M, N)
+        logits[:, :2] = float("-inf")  # never predict padding or unknown
+        return F.cross_entropy(logits, nxt[valid])

@@ -1,0 +1,172 @@
+"""A small synchronous client for recsys.v1.Recommender, and a CLI over it.
+
+    with RecommenderClient("localhost:50051") as client:
+        reply = client.recommend("u1", k=10)
+
+    python -m serving.client [--target localhost:50051] recommend --user U [--k 10] [--include-seen]
+    python -m serving.client rank --user U --items a,b,c
+    python -m serving.client record --user U --item I [--event click] [--timestamp T]
+    python -m serving.client info
+
+Methods return the response protos and raise `grpc.RpcError`; the CLI prints such an error as one line
+`error: <STATUS>: <details>` and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from proto.recsys.v1 import recommender_pb2 as pb
+from proto.recsys.v1 import recommender_pb2_grpc as pb_grpc
+from recsys.features import Event
+
+DEFAULT_TARGET = "localhost:50051"
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # matches the server default
+
+EventLike = Event | tuple[str, float, str] | tuple[str, float, str, str]  # (item, ts, event[, event_id])
+
+
+class RecommenderClient:
+    """One channel to a server; every call has a deadline of `timeout` seconds."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float = 5.0) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._stub = pb_grpc.RecommenderStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def recommend(
+        self, user_id: str, k: int = 10, exclude_seen: bool = True, request_time: float | None = None
+    ) -> pb.RecommendResponse:
+        request = pb.RecommendRequest(user_id=user_id, k=k, exclude_seen=exclude_seen)
+        if request_time is not None:
+            request.request_time_unix = request_time
+        return self._stub.Recommend(request, timeout=self.timeout)
+
+    def rank(
+        self, user_id: str, item_ids: Sequence[str], request_time: float | None = None
+    ) -> pb.RankResponse:
+        request = pb.RankRequest(user_id=user_id, item_ids=list(item_ids))
+        if request_time is not None:
+            request.request_time_unix = request_time
+        return self._stub.Rank(request, timeout=self.timeout)
+
+    def record(self, user_id: str, events: Iterable[EventLike]) -> pb.RecordEventsResponse:
+        """Append events: `Event`s or tuples (item_id, timestamp, event[, event_id]); timestamp 0 = now."""
+        protos = [_event_proto(e) for e in events]
+        request = pb.RecordEventsRequest(user_id=user_id, events=protos)
+        return self._stub.RecordEvents(request, timeout=self.timeout)
+
+    def info(self) -> pb.ModelInfo:
+        return self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+
+    def health(self, service: str = "") -> str:
+        """The grpc.health.v1 status name for `service` ("" = the server), e.g. "SERVING"."""
+        reply = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> RecommenderClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _event_proto(e: EventLike) -> pb.Event:
+    if isinstance(e, Event):
+        return pb.Event(item_id=e.item_id, timestamp_unix=e.timestamp, event=e.event, event_id=e.event_id)
+    item_id, timestamp, event, *rest = e
+    return pb.Event(item_id=item_id, timestamp_unix=timestamp, event=event, event_id=rest[0] if rest else "")
+
+
+# ---- CLI ------------------------------------------------------------------------------------------
+
+
+def format_items(rows: Sequence[tuple[str, float]]) -> str:
+    """An aligned table: rank, item_id, score (rows already best first)."""
+    width = max([len("item_id"), *(len(item) for item, _ in rows)])
+    lines = [f"{'rank':>4}  {'item_id':<{width}}  {'score':>10}"]
+    lines += [f"{i:>4}  {item:<{width}}  {score:>10.4f}" for i, (item, score) in enumerate(rows, 1)]
+    return "\n".join(lines)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m serving.client", description="Call a recsys.v1.Recommender.")
+    p.add_argument("--target", default=DEFAULT_TARGET, help="host:port of the server")
+    p.add_argument("--timeout", type=float, default=5.0, help="deadline per call, seconds")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    rec = sub.add_parser("recommend", help="top-k items for a user")
+    rec.add_argument("--user", required=True)
+    rec.add_argument("--k", type=int, default=10)
+    rec.add_argument("--include-seen", action="store_true", help="allow items already in the history")
+
+    rank = sub.add_parser("rank", help="score given items for a user (printed best first)")
+    rank.add_argument("--user", required=True)
+    rank.add_argument("--items", required=True, help="comma-separated item ids")
+
+    record = sub.add_parser("record", help="append one event to a user's history")
+    record.add_argument("--user", required=True)
+    record.add_argument("--item", required=True)
+    record.add_argument("--event", default="click")
+    record.add_argument("--timestamp", type=float, default=0.0, help="epoch seconds; 0 = server now")
+
+    sub.add_parser("info", help="the served model")
+    return p.parse_args(argv)
+
+
+def _run(client: RecommenderClient, args: argparse.Namespace) -> str:
+    if args.command == "recommend":
+        reply = client.recommend(args.user, k=args.k, exclude_seen=not args.include_seen)
+        kind = "personalised" if reply.personalised else "not personalised"
+        table = format_items([(it.item_id, it.score) for it in reply.items])
+        return f"{table}\nmodel {reply.model_version}; {kind} ({reply.reason})"
+    if args.command == "rank":
+        items = [s.strip() for s in args.items.split(",") if s.strip()]
+        ranked = client.rank(args.user, items)
+        rows = sorted(zip(items, ranked.scores, strict=True), key=lambda r: r[1], reverse=True)
+        return f"{format_items(rows)}\nmodel {ranked.model_version}"
+    if args.command == "record":
+        done = client.record(args.user, [(args.item, args.timestamp, args.event)])
+        return f"accepted {done.accepted} event(s); {args.user} now has {done.history_length} in history"
+    info = client.info()
+    lines = [
+        f"model_version  {info.model_version}",
+        f"created_at     {info.created_at}",
+        f"catalog_size   {info.catalog_size}",
+    ]
+    lines += [f"{name:<14} {value:.4f}" for name, value in sorted(info.metrics.items())]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    try:
+        with RecommenderClient(args.target, timeout=args.timeout) as client:
+            print(_run(client, args))
+    except grpc.RpcError as err:
+        print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The domain service behind the gRPC API: validation, feature-store reads and writes, model calls.
+
+No grpc here: errors are `recsys.errors` exceptions that carry their status, and the one interceptor
+(`serving.errors`) applies it. Every method is blocking (torch, redis-py) and thread-safe; the
+servicer runs them on a worker pool.
+
+Model hot swap: `swap(recommender)` replaces the model reference atomically. Each call reads that
+reference exactly once, at its start, so a request in flight finishes on the model it started with,
+and every response names the version that produced it.
+
+Events for items the current model does not know are ACCEPTED and stored. The store keeps raw ids, so
+the next retrain learns those items, and until then the ranker maps them to its unknown-item slot.
+Rejecting them would lose exactly the behavior on new items that the next model needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from recsys.errors import InvalidArgument
+from recsys.features import DEFAULT_EVENT, Event, FeatureStore, UserState
+from recsys.recommender import Recommendation, Recommender
+
+MAX_ID_LENGTH = 256  # user and item ids; longer ones are almost certainly a client bug (or abuse)
+MAX_EVENT_LENGTH = 64  # event type names ("click", "cart", ...)
+MAX_EVENTS_PER_REQUEST = 1000  # one RecordEvents call; bigger backfills go through the bulk loader
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Scores in the order of the requested item ids, and the model version that produced them."""
+
+    scores: list[float]
+    model_version: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    version: str
+    created_at: str
+    catalog_size: int
+    metrics: Mapping[str, float]
+
+
+class RecommendationService:
+    """Recommend, rank and record for users of one feature store, with one (swappable) model.
+
+    `clock` returns epoch seconds; it resolves "now" (request times and event timestamps of 0), and
+    tests may pass a fixed one.
+    """
+
+    def __init__(
+        self, recommender: Recommender, store: FeatureStore, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._recommender = recommender
+        self._store = store
+        self._clock = clock
+        self._swap_lock = threading.Lock()
+
+    @property
+    def recommender(self) -> Recommender:
+        """The model new requests will use."""
+        return self._recommender
+
+    @property
+    def store(self) -> FeatureStore:
+        return self._store
+
+    def swap(self, recommender: Recommender) -> Recommender:
+        """Serve `recommender` from the next request on; returns the previous model.
+
+        Requests already running keep the reference they captured and finish on the old model.
+        """
+        with self._swap_lock:
+            old, self._recommender = self._recommender, recommender
+        return old
+
+    def recommend(
+        self, user_id: str, k: int, exclude_seen: bool = True, now: float | None = None
+    ) -> Recommendation:
+        """The k best items for the user. `k` is checked by the recommender (1..MAX_K)."""
+        model = self._recommender  # captured once: a concurrent swap does not affect this request
+        _check_user_id(user_id)
+        at = self._resolve_now(now)
+        user = self._store.get_user(user_id)
+        return model.recommend(user, k, exclude_seen=exclude_seen, now=at)
+
+    def rank(self, user_id: str, item_ids: Sequence[str], now: float | None = None) -> Ranking:
+        """Scores for `item_ids`, same order. Unknown items -> NotFound naming them (the recommender's
+        contract); an empty or oversized list -> InvalidArgument."""
+        model = self._recommender
+        _check_user_id(user_id)
+        at = self._resolve_now(now)
+        user = self._store.get_user(user_id)
+        return Ranking(scores=list(model.rank(user, item_ids, now=at)), model_version=model.version)
+
+    def record_events(self, user_id: str, events: Sequence[Event]) -> UserState:
+        """Validate all events, then append them in one atomic store write; returns the new state.
+
+        All-or-nothing: one invalid event rejects the request before anything is written. A timestamp
+        of 0 becomes the server's clock now and an empty event type becomes "click". Items unknown to
+        the current model are accepted (see the module docstring).
+        """
+        _check_user_id(user_id)
+        if not events:
+            raise InvalidArgument("events: empty; fix: send at least one event")
+        if len(events) > MAX_EVENTS_PER_REQUEST:
+            raise InvalidArgument(
+                f"events: {len(events)} events in one request; fix: send at most "
+                f"{MAX_EVENTS_PER_REQUEST} per call (bulk backfills belong in the offline loader)"
+            )
+        now = self._clock()
+        clean = [_clean_event(i, e, now) for i, e in enumerate(events)]
+        return self._store.append_events(user_id, clean)
+
+    def model_info(self) -> ModelInfo:
+        model = self._recommender
+        return ModelInfo(
+            version=model.version,
+            created_at=model.created_at,
+            catalog_size=model.n_items,
+            metrics=dict(model.metrics),
+        )
+
+    def _resolve_now(self, now: float | None) -> float:
+        """None or 0 -> the clock; negative or non-finite -> InvalidArgument."""
+        if now is None or now == 0:
+            return self._clock()
+        if not math.isfinite(now) or now < 0:
+            raise InvalidArgument(
+                f"request_time_unix: {now!r} is not a valid time; fix: send epoch seconds > 0, "
+                "or 0 / unset for the server's clock"
+            )
+        return float(now)
+
+
+def _check_user_id(user_id: str) -> None:
+    if not user_id:
+        raise InvalidArgument("user_id: empty; fix: send the user's id (1..256 characters)")
+    if len(user_id) > MAX_ID_LENGTH:
+        raise InvalidArgument(
+            f"user_id: {len(user_id)} characters (starts {user_id[:32]!r}); "
+            f"fix: send at most {MAX_ID_LENGTH} characters"
+        )
+
+
+def _clean_event(i: int, event: Event, now: float) -> Event:
+    """The event as stored: checked, timestamp 0 resolved to `now`, empty type defaulted."""
+    where = f"events[{i}]"
+    if not event.item_id:
+        raise InvalidArgument(f"{where}.item_id: empty; fix: send the id of the item acted on")
+    if len(event.item_id) > MAX_ID_LENGTH:
+        raise InvalidArgument(
+            f"{where}.item_id: {len(event.item_id)} characters (starts {event.item_id[:32]!r}); "
+            f"fix: send at most {MAX_ID_LENGTH} characters"
+        )
+    ts = event.timestamp
+    if not math.isfinite(ts) or ts < 0:
+        raise InvalidArgument(
+            f"{where}.timestamp_unix: {ts!r} is not a valid time; fix: send epoch seconds >= 0 "
+            "(0 means now)"
+        )
+    if len(event.event) > MAX_EVENT_LENGTH:
+        raise InvalidArgument(
+            f"{where}.event: {len(event.event)} characters; fix: send an event type such as "
+            f"'click' of at most {MAX_EVENT_LENGTH} characters"
+        )
+    if len(event.event_id) > MAX_ID_LENGTH:
+        raise InvalidArgument(
+            f"{where}.event_id: {len(event.event_id)} characters; fix: send an idempotency key of at most "
+            f"{MAX_ID_LENGTH} characters, or none"
+        )
+    timestamp = float(ts) if ts > 0 else now
+    return dataclasses.replace(event, timestamp=timestamp, event=event.event or DEFAULT_EVENT)

@@ -1,0 +1,1 @@
+"""Offline: read click logs, train the BST, evaluate against baselines, export the artifact."""

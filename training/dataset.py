@@ -1,0 +1,164 @@
+"""Click logs as training data: per-user positive sequences, leakage-free splits, CTR examples.
+
+Every example is (user row, end, target, label, time): its history is the user's positives
+flat[start:end], all strictly earlier than the target in the log's time order.
+
+Leave-one-out (the SASRec / BERT4Rec / HSTU protocol): per user with >= 3 positives, the last positive
+is test, the one before it validation, the rest train. Users with fewer positives train only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recsys.batch import Featurizer
+from recsys.data import ClickLog
+from recsys.index import FIRST_ITEM
+from recsys.model import History
+
+
+@dataclass
+class Examples:
+    user: np.ndarray  # (n,) user row
+    end: np.ndarray  # (n,) history is flat[start[user]:end]
+    target: np.ndarray  # (n,) item index
+    label: np.ndarray  # (n,) float32 1/0
+    time: np.ndarray  # (n,) request time (the target's timestamp)
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def subset(self, rows: np.ndarray) -> Examples:
+        return Examples(self.user[rows], self.end[rows], self.target[rows], self.label[rows], self.time[rows])
+
+    @staticmethod
+    def concat(parts: list[Examples]) -> Examples:
+        return Examples(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("user", "end", "target", "label", "time")))
+
+
+@dataclass
+class EncodedLog:
+    """The positives of every user, flat and time-ordered, plus what is needed to build examples."""
+
+    featurizer: Featurizer
+    user_ids: np.ndarray  # (U,) raw ids, row order
+    start: np.ndarray  # (U,) first flat index of each user
+    stop: np.ndarray  # (U,) one past the last
+    items: np.ndarray  # (P,) flat item indices
+    times: np.ndarray  # (P,) flat timestamps
+    events: np.ndarray  # (P,) flat event indices
+    user_features: np.ndarray  # (U, n_profile_columns)
+    negatives: Examples  # real shown-not-clicked rows (label 0), with their histories
+    popularity: np.ndarray  # (n_items,) training-positive counts
+    profiles: dict[str, dict[str, str]]  # raw profile columns per raw user id (what a store holds)
+
+    @classmethod
+    def build(cls, clog: ClickLog, featurizer: Featurizer) -> EncodedLog:
+        ev = clog.events
+        pos = ev[ev["label"] == 1]
+        user_ids = np.array(sorted(pos["user_id"].unique()), dtype=object)
+        row_of = pd.Series(np.arange(len(user_ids)), index=user_ids)
+        urow = row_of.reindex(pos["user_id"]).to_numpy()
+        counts = np.bincount(urow, minlength=len(user_ids))
+        stop = np.cumsum(counts)
+        start = stop - counts
+        items = featurizer.items.lookup(pos["item_id"].to_numpy())
+        times = pos["timestamp"].to_numpy().astype(np.int64)
+        events = featurizer.events.lookup(pos["event"].to_numpy())
+        neg = ev[(ev["label"] == 0) & ev["user_id"].isin(row_of.index)]
+        nrow = row_of.reindex(neg["user_id"]).to_numpy().astype(np.int64)
+        ntime = neg["timestamp"].to_numpy().astype(np.int64)
+        # history of a shown-not-clicked row: the user's positives strictly before it
+        nend = np.array([start[u] + np.searchsorted(times[start[u]:stop[u]], t, side="left")
+                         for u, t in zip(nrow, ntime, strict=True)], dtype=np.int64)
+        negatives = Examples(nrow, nend, featurizer.items.lookup(neg["item_id"].to_numpy()),
+                             np.zeros(len(neg), np.float32), ntime)
+        profiles = {} if clog.users is None else {
+            str(r["user_id"]): {k: v for k, v in r.items() if k != "user_id" and v}
+            for r in clog.users.to_dict("records")
+        }
+        return cls(featurizer, user_ids, start, stop, items, times, events,
+                   featurizer.user_features(clog.users, list(user_ids)), negatives,
+                   np.bincount(items, minlength=len(featurizer.items)), profiles)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.featurizer.items)
+
+    def positives(self, rows: np.ndarray) -> Examples:
+        """Positive examples for flat positions `rows` (each must have >= 1 earlier positive)."""
+        u = np.searchsorted(self.stop, rows, side="right")
+        return Examples(u, rows, self.items[rows], np.ones(len(rows), np.float32), self.times[rows])
+
+    def batch(self, ex: Examples) -> dict[str, torch.Tensor]:
+        """Model inputs for examples: the History fields plus target and label."""
+        hist = self.featurizer.window(self.items, self.times, self.events, self.start[ex.user], ex.end,
+                                      ex.time, self.user_features[ex.user])
+        out = dict(zip(History._fields, hist, strict=True))
+        out["target"] = torch.from_numpy(ex.target.astype(np.int64))
+        out["label"] = torch.from_numpy(ex.label.astype(np.float32))
+        return out
+
+    def seed_frame(self, max_history: int) -> pd.DataFrame:
+        """Each user's newest `max_history` positives (raw ids) and profile, for the artifact."""
+        rows = []
+        tokens = self.featurizer.items.tokens
+        ev_tokens = self.featurizer.events.tokens
+        for u, uid in enumerate(self.user_ids):
+            lo = max(self.start[u], self.stop[u] - max_history)
+            sl = slice(lo, self.stop[u])
+            rows.append({
+                "user_id": str(uid),
+                "items": [tokens[i] for i in self.items[sl]],
+                "timestamps": self.times[sl].tolist(),
+                "events": [ev_tokens[e] for e in self.events[sl]],
+                "profile": json.dumps(self.profiles.get(str(uid), {})),
+            })
+        return pd.DataFrame(rows)
+
+
+@dataclass
+class Split:
+    train: Examples  # positives (and real negatives) for training
+    valid: Examples  # held-out positives (validation)
+    test: Examples  # held-out positives (test)
+
+
+def leave_one_out(data: EncodedLog) -> Split:
+    n = data.stop - data.start
+    held = n >= 3
+    test_rows = data.stop[held] - 1
+    valid_rows = data.stop[held] - 2
+    is_heldout = np.zeros(len(data.items), bool)
+    is_heldout[test_rows] = True
+    is_heldout[valid_rows] = True
+    first = np.zeros(len(data.items), bool)
+    first[data.start] = True
+    train_rows = np.flatnonzero(~is_heldout & ~first)
+    neg = data.negatives
+    # a real negative trains only if its history ends before the user's held-out positives
+    limit = np.where(held, data.stop - 2, data.stop)[neg.user]
+    train_neg = neg.subset(np.flatnonzero((neg.end <= limit) & (neg.end > data.start[neg.user])))
+    return Split(Examples.concat([data.positives(train_rows), train_neg]),
+                 data.positives(valid_rows), data.positives(test_rows))
+
+
+def sample_negatives(data: EncodedLog, pos: Examples, n: int, rng: np.random.Generator,
+                     how: str = "uniform") -> Examples:
+    """`n` sampled negatives per positive, same history and time, target != the positive's item."""
+    if n <= 0 or len(pos) == 0:
+        return pos.subset(np.zeros(0, np.int64))
+    reps = pos.subset(np.repeat(np.arange(len(pos)), n))
+    if how == "popularity":
+        p = data.popularity[FIRST_ITEM:].astype(np.float64) + 1.0
+        draw = rng.choice(len(p), size=len(reps), p=p / p.sum()) + FIRST_ITEM
+    else:
+        draw = rng.integers(FIRST_ITEM, data.n_items, size=len(reps))
+    clash = draw == reps.target
+    draw[clash] = FIRST_ITEM + (draw[clash] - FIRST_ITEM + 1) % (data.n_items - FIRST_ITEM)
+    return Examples(reps.user, reps.end, draw.astype(np.int64), np.zeros(len(reps), np.float32), reps.time)

@@ -1,0 +1,102 @@
+"""Log in, artifact out: build features, split, train, evaluate on test, export. The CLI and the tests
+both call `train_and_export`."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recsys import artifact
+from recsys.batch import Featurizer
+from recsys.config import apply_overrides, check_prefixes, to_dict
+from recsys.data import ClickLog
+from recsys.index import FIRST_ITEM
+from recsys.model import BST, ModelConfig
+from recsys.recommender import Recommender
+from training.dataset import EncodedLog, Split, leave_one_out, sample_negatives
+from training.evaluate import ctr_logits, ctr_metrics, rank_metrics, retrieval_ranks, score_ranks, served_ranks
+from training.trainer import FitResult, TrainConfig, fit
+
+log = logging.getLogger(__name__)
+
+SEED_HISTORY = 200  # behaviors per user shipped in the artifact to seed memory:// stores
+POPULAR_LIST = 1000  # length of the cold-start list
+
+
+@dataclass
+class TrainReport:
+    artifact: Path
+    fit: FitResult
+    test: dict[str, dict[str, float]]
+
+
+def configs(overrides: list[str]) -> tuple[ModelConfig, TrainConfig]:
+    check_prefixes(overrides, ("model", "train"))
+    model_cfg = apply_overrides(ModelConfig(n_items=2), overrides, "model")
+    return model_cfg, apply_overrides(TrainConfig(), overrides, "train")
+
+
+def build_model(clog: ClickLog, model_cfg: ModelConfig) -> tuple[BST, Featurizer]:
+    position = model_cfg.position if clog.has_time else "ordinal"
+    if position != model_cfg.position:
+        log.warning("the log has no timestamps: positions fall back to ordinal gaps")
+    n_positions = max(model_cfg.n_positions, model_cfg.retrieval_len + 2) if position == "ordinal" else model_cfg.n_positions
+    feats = Featurizer.build(clog, window_len=model_cfg.retrieval_len, n_positions=n_positions, position=position)
+    cfg = dataclasses.replace(model_cfg, **feats.model_sizes())
+    model = BST(cfg)
+    model.load_state_dict(feats.side_buffers(), strict=False)
+    return model, feats
+
+
+def popular_list(data: EncodedLog) -> list[tuple[int, float]]:
+    counts = data.popularity.astype(np.float64)
+    counts[:FIRST_ITEM] = 0
+    order = np.argsort(-counts, kind="stable")[:POPULAR_LIST]
+    total = counts.sum() or 1.0
+    return [(int(i), float(counts[i] / total)) for i in order if i >= FIRST_ITEM]
+
+
+def test_metrics(model: BST, rec: Recommender, data: EncodedLog, split: Split, seed: int) -> dict[str, dict[str, float]]:
+    """Held-out test metrics. Next item: full ranking over all items, seen excluded. CTR: each test
+    positive against one uniform negative with the same history."""
+    rng = np.random.default_rng([seed, 20_000])
+    test = split.test
+    ctr = type(test).concat([test, sample_negatives(data, test, 1, rng)])
+    pop = torch.from_numpy(data.popularity.astype(np.float32))
+    out = {
+        "retrieval": rank_metrics(retrieval_ranks(model, data, test)),
+        "served": rank_metrics(served_ranks(rec, data, test)),
+        "popular": rank_metrics(score_ranks(lambda ex: pop.expand(len(ex), -1), data, test)),
+    }
+    out["bst"] = ctr_metrics(ctr.user, ctr.label, ctr_logits(model, data, ctr))
+    return out
+
+
+def train_and_export(clog: ClickLog, out: Path, overrides: list[str] | None = None,
+                     run_dir: Path | None = None, resume: bool = False) -> TrainReport:
+    model_cfg, train_cfg = configs(overrides or [])
+    torch.manual_seed(train_cfg.seed)
+    model, feats = build_model(clog, model_cfg)
+    data = EncodedLog.build(clog, feats)
+    split = leave_one_out(data)
+    if len(split.train) == 0 or len(split.valid) == 0:
+        raise ValueError(f"{clog.source}: too few users with >= 3 clicks to train and validate; fix: pass a larger log")
+    t0 = time.monotonic()
+    result = fit(model, data, split, train_cfg, run_dir or Path("runs") / "fit", resume=resume)
+    log.info("trained in %.1f s (best epoch %d)", time.monotonic() - t0, result.best_epoch)
+    summary: dict[str, Any] = {**clog.summary(), "split": "leave_one_out",
+                               "train_examples": len(split.train), "valid": len(split.valid), "test": len(split.test)}
+    path = artifact.save(out, model, feats, popular_list(data), data.seed_frame(SEED_HISTORY), summary,
+                         {f"valid_{k}": v for k, v in result.best_metrics.items()},
+                         extra={"train_config": to_dict(train_cfg), "train_seconds": round(result.seconds, 1),
+                                "examples_per_second": round(result.examples_per_second, 1)})
+    rec = Recommender.load(path)
+    test = test_metrics(model, rec, data, split, train_cfg.seed)
+    return TrainReport(path, result, test)

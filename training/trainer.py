@@ -1,0 +1,202 @@
+"""The training loop, written once: AdamW, linear warm-up then cosine decay, early stopping on a
+validation metric, checkpoint and resume, reproducible seeds, a JSONL metrics log and a
+learning-curve PNG. Test data never reaches this module: selection is on validation only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from recsys.config import to_dict
+from recsys.model import BST
+from training.dataset import EncodedLog, Examples, Split, sample_negatives
+from training.evaluate import ctr_logits, ctr_metrics, rank_metrics, retrieval_ranks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30  # upper bound; early stopping usually ends sooner
+    batch_size: int = 256  # examples per step
+    lr: float = 1e-3  # peak learning rate after warm-up
+    weight_decay: float = 0.01  # AdamW decoupled weight decay
+    warmup_steps: int = 100  # linear warm-up from 0 to lr
+    min_lr_ratio: float = 0.05  # cosine decay ends at lr * min_lr_ratio
+    grad_clip: float = 1.0  # max global gradient norm
+    negatives: int = 1  # sampled negatives per positive when the log has no label-0 rows
+    negative_sampling: Literal["uniform", "popularity"] = "uniform"  # how sampled negatives are drawn
+    real_negatives: Literal["auto", "only", "never"] = "auto"  # auto: use label-0 rows when present, else sample
+    patience: int = 3  # epochs without validation improvement before stopping
+    select_metric: str = "ndcg@10"  # validation metric that picks the best epoch (retrieval or ctr key)
+    eval_examples: int = 5000  # validation examples evaluated per epoch (a fixed random subset)
+    seed: int = 0  # seeds torch and numpy; a run is reproducible on the same machine
+    num_workers: int = 0  # DataLoader worker processes building batches
+    max_minutes: float = 30.0  # wall-clock budget; the best epoch so far is kept when it runs out
+    progress: bool = True  # tqdm progress bar with the running loss
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_metrics: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    examples_per_second: float = 0.0
+
+
+class _Collate:
+    """Picklable collate for DataLoader workers: row indices -> model inputs."""
+
+    def __init__(self, data: EncodedLog, examples: Examples):
+        self.data, self.examples = data, examples
+
+    def __call__(self, rows: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        return self.data.batch(self.examples.subset(rows[0]))
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to `min_ratio` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def epoch_examples(data: EncodedLog, split: Split, cfg: TrainConfig, epoch: int) -> Examples:
+    """Training positives plus negatives: real label-0 rows, or fresh samples each epoch."""
+    rng = np.random.default_rng([cfg.seed, epoch])
+    train = split.train
+    pos = train.subset(np.flatnonzero(train.label > 0.5))
+    real = train.subset(np.flatnonzero(train.label < 0.5))
+    use_real = cfg.real_negatives == "only" or (cfg.real_negatives == "auto" and len(real) > 0)
+    neg = real if use_real else sample_negatives(data, pos, cfg.negatives, rng, cfg.negative_sampling)
+    return Examples.concat([pos, neg])
+
+
+def validation_set(data: EncodedLog, split: Split, cfg: TrainConfig) -> tuple[Examples, Examples]:
+    """A fixed subset of validation positives and one uniform negative for each (for AUC)."""
+    rng = np.random.default_rng([cfg.seed, 10_000])
+    valid = split.valid
+    if len(valid) > cfg.eval_examples:
+        valid = valid.subset(np.sort(rng.choice(len(valid), cfg.eval_examples, replace=False)))
+    return valid, Examples.concat([valid, sample_negatives(data, valid, 1, rng)])
+
+
+def evaluate(model: BST, data: EncodedLog, positives: Examples, ctr: Examples) -> dict[str, float]:
+    """Retrieval next-item metrics (full ranking, seen excluded) and BST CTR metrics."""
+    out = rank_metrics(retrieval_ranks(model, data, positives))
+    out.update(ctr_metrics(ctr.user, ctr.label, ctr_logits(model, data, ctr)))
+    return out
+
+
+def fit(model: BST, data: EncodedLog, split: Split, cfg: TrainConfig, run_dir: Path,
+        resume: bool = False) -> FitResult:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n_train = len(epoch_examples(data, split, cfg, 0))
+    steps_per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
+    total = cfg.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, cfg.warmup_steps, total, cfg.min_lr_ratio))
+    valid_pos, valid_ctr = validation_set(data, split, cfg)
+    ckpt_path, best_path = run_dir / "checkpoint.pt", run_dir / "best.pt"
+    metrics_path = run_dir / "metrics.jsonl"
+    start_epoch, best, best_epoch, bad = 0, -math.inf, -1, 0
+    history: list[dict[str, Any]] = []
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        start_epoch, best, best_epoch, bad = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_epoch"], ckpt["bad"]
+        history = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+        log.info("resumed from %s at epoch %d (best %s=%.4f)", ckpt_path, start_epoch, cfg.select_metric, best)
+    elif metrics_path.exists():
+        metrics_path.unlink()
+    t0 = time.monotonic()
+    seen_examples = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        examples = epoch_examples(data, split, cfg, epoch)
+        perm = np.random.default_rng([cfg.seed, epoch, 1]).permutation(len(examples))
+        chunks = [perm[i:i + cfg.batch_size] for i in range(0, len(perm), cfg.batch_size)]
+        loader = DataLoader(chunks, batch_size=1, shuffle=False, collate_fn=_Collate(data, examples),
+                            num_workers=cfg.num_workers)
+        running, bar = 0.0, tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
+                                 leave=False, unit="batch")
+        for step, batch in enumerate(bar):
+            _, loss = model(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+            bar.set_postfix(loss=f"{running:.4f}")
+            seen_examples += len(batch["label"])
+        bar.close()
+        metrics = evaluate(model, data, valid_pos, valid_ctr)
+        record = {"epoch": epoch + 1, "train_loss": running, "lr": sched.get_last_lr()[0],
+                  "seconds": round(time.monotonic() - t0, 2), **{f"valid_{k}": v for k, v in metrics.items()}}
+        history.append(record)
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        score = metrics[cfg.select_metric]
+        improved = score > best
+        if improved:
+            best, best_epoch, bad = score, epoch + 1, 0
+            torch.save({"model": model.state_dict(), "metrics": metrics}, best_path)
+        else:
+            bad += 1
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
+                    "train_config": to_dict(cfg), "model_config": to_dict(model.cfg)}, ckpt_path)
+        log.info("epoch %d: loss %.4f, valid %s=%.4f auc=%.4f%s", epoch + 1, running, cfg.select_metric, score,
+                 metrics["auc"], " (best)" if improved else "")
+        if bad >= cfg.patience:
+            log.info("early stop: no improvement in %d epochs", bad)
+            break
+        if (time.monotonic() - t0) / 60 > cfg.max_minutes:
+            log.info("time budget of %.1f min spent; keeping the best epoch", cfg.max_minutes)
+            break
+    seconds = time.monotonic() - t0
+    best_state = torch.load(best_path, weights_only=True)
+    model.load_state_dict(best_state["model"])
+    plot_curve(history, run_dir / "learning_curve.png", cfg.select_metric)
+    return FitResult(best_epoch, {k: float(v) for k, v in best_state["metrics"].items()}, history, seconds,
+                     seen_examples / seconds if seconds else 0.0)
+
+
+def plot_curve(history: list[dict[str, Any]], path: Path, metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax[0].plot(epochs, [h["train_loss"] for h in history], marker="o")
+    ax[0].set(title="training loss", xlabel="epoch")
+    ax[1].plot(epochs, [h[f"valid_{metric}"] for h in history], marker="o", label=metric)
+    ax[1].plot(epochs, [h["valid_auc"] for h in history], marker="s", label="auc")
+    ax[1].set(title="validation", xlabel="epoch")
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
