@@ -47,7 +47,14 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
-FILES = ("model.safetensors", "features.json", "item_vectors.safetensors", "index.faiss", "popular.json", "seed.parquet")
+FILES = (
+    "model.safetensors",
+    "features.json",
+    "item_vectors.safetensors",
+    "index.faiss",
+    "popular.json",
+    "seed.parquet",
+)
 
 
 @dataclass
@@ -78,9 +85,18 @@ def new_version(now: datetime | None = None) -> str:
     return now.strftime("v%Y%m%dT%H%M%S%fZ")
 
 
-def save(root: str | Path, model: BST, featurizer: Featurizer, popular: list[tuple[int, float]],
-         seed: pd.DataFrame, data_summary: dict[str, Any], metrics: dict[str, float],
-         extra: dict[str, Any] | None = None, version: str | None = None, make_latest: bool = True) -> Path:
+def save(
+    root: str | Path,
+    model: BST,
+    featurizer: Featurizer,
+    popular: list[tuple[int, float]],
+    seed: pd.DataFrame,
+    data_summary: dict[str, Any],
+    metrics: dict[str, float],
+    extra: dict[str, Any] | None = None,
+    version: str | None = None,
+    make_latest: bool = True,
+) -> Path:
     """Write a new version under `root` (atomically) and, by default, point LATEST at it."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -142,7 +158,9 @@ def resolve(path: str | Path) -> Path:
     if (p / LATEST).exists():
         version = (p / LATEST).read_text().strip()
         if not (p / version / MANIFEST).exists():
-            raise ArtifactError(f"{p / LATEST} names {version!r}, which has no manifest; fix: retrain or repoint LATEST")
+            raise ArtifactError(
+                f"{p / LATEST} names {version!r}, which has no manifest; fix: retrain or repoint LATEST"
+            )
         return p / version
     raise ArtifactError(
         f"{p}: no {MANIFEST} and no {LATEST} pointer; fix: pass an artifact version directory or a root written by "
@@ -199,7 +217,9 @@ def load(path: str | Path) -> Artifact:
     except ArtifactError:
         raise
     except Exception as err:  # a checksummed file that still does not load: wrong writer
-        raise ArtifactError(f"{p}: cannot be loaded ({type(err).__name__}: {err}); fix: re-export the artifact") from err
+        raise ArtifactError(
+            f"{p}: cannot be loaded ({type(err).__name__}: {err}); fix: re-export the artifact"
+        ) from err
     return Artifact(p, manifest, model, featurizer, vectors, index, popular)
 
 

@@ -57,8 +57,9 @@ class Featurizer:
     # -- building --------------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, clog: ClickLog, window_len: int, n_positions: int, max_side_width: int = 8,
-              position: str | None = None) -> Featurizer:
+    def build(
+        cls, clog: ClickLog, window_len: int, n_positions: int, max_side_width: int = 8, position: str | None = None
+    ) -> Featurizer:
         ev = clog.events
         item_ids = list(ev["item_id"])
         if clog.items is not None:
@@ -76,8 +77,9 @@ class Featurizer:
                 table = np.zeros((len(items), width), dtype=np.int64)
                 rows = items.lookup(clog.items["item_id"])
                 for r, cell in zip(rows, cells, strict=True):
-                    idx = vocab.lookup(list(cell[:width])) if cell else []
-                    table[r, : len(idx)] = idx
+                    if cell:
+                        idx = vocab.lookup(list(cell[:width]))
+                        table[r, : len(idx)] = idx
                 columns.append(col)
                 side_vocabs.append(vocab)
                 tables.append(table)
@@ -88,9 +90,16 @@ class Featurizer:
                     user_columns.append(col)
                     user_vocabs.append(Vocab.build(v for v in clog.users[col] if v))
         return cls(
-            items=items, events=events, item_columns=tuple(columns), item_side=side_vocabs, side_tables=tables,
-            user_columns=tuple(user_columns), user_side=user_vocabs, has_time=clog.has_time,
-            position=position or ("time" if clog.has_time else "ordinal"), n_positions=n_positions,
+            items=items,
+            events=events,
+            item_columns=tuple(columns),
+            item_side=side_vocabs,
+            side_tables=tables,
+            user_columns=tuple(user_columns),
+            user_side=user_vocabs,
+            has_time=clog.has_time,
+            position=position or ("time" if clog.has_time else "ordinal"),
+            n_positions=n_positions,
             window_len=window_len,
         )
 
@@ -122,14 +131,25 @@ class Featurizer:
 
     def profile_features(self, profile: dict[str, str] | Any) -> np.ndarray:
         return np.array(
-            [v.index(profile[c]) if c in profile else UNK for c, v in zip(self.user_columns, self.user_side, strict=True)],
+            [
+                v.index(profile[c]) if c in profile else UNK
+                for c, v in zip(self.user_columns, self.user_side, strict=True)
+            ],
             dtype=np.int64,
         )
 
     # -- windows ---------------------------------------------------------------------------------
 
-    def window(self, items: np.ndarray, times: np.ndarray, events: np.ndarray, starts: np.ndarray,
-               ends: np.ndarray, request_time: np.ndarray, user: np.ndarray) -> History:
+    def window(
+        self,
+        items: np.ndarray,
+        times: np.ndarray,
+        events: np.ndarray,
+        starts: np.ndarray,
+        ends: np.ndarray,
+        request_time: np.ndarray,
+        user: np.ndarray,
+    ) -> History:
         """Histories as model inputs. `items/times/events` are flat per-behavior arrays; row b's history
         is flat[starts[b]:ends[b]] (time order), of which the newest `window_len` are kept, left-padded.
         `request_time` (B,) is the target's time (training) or the request's time (serving)."""
@@ -148,10 +168,15 @@ class Featurizer:
         pos = np.where(valid, pos, PAD)
         ctx = context_features(request_time, self.has_time)
         t = torch.from_numpy
-        return History(t(it.astype(np.int64)), t(pos.astype(np.int64)), t(ev.astype(np.int64)),
-                       t(user.astype(np.int64)), t(ctx.astype(np.int64)))
+        return History(
+            t(it.astype(np.int64)),
+            t(pos.astype(np.int64)),
+            t(ev.astype(np.int64)),
+            t(user.astype(np.int64)),
+            t(ctx.astype(np.int64)),
+        )
 
-    def encode_states(self, states: Sequence[UserState], now: float) -> History:
+    def encode_states(self, states: Sequence[UserState], now: float | np.ndarray) -> History:
         """Histories of users as served (raw events from the feature store) -> model inputs.
         Items the model does not know map to the unknown slot; the newest `window_len` are kept."""
         flat: list[Event] = []
@@ -164,9 +189,16 @@ class Featurizer:
         events = self.events.lookup([e.event for e in flat]) if flat else np.zeros(0, np.int64)
         times = np.array([e.timestamp for e in flat], dtype=np.int64)
         user = np.stack([self.profile_features(s.profile) for s in states]) if states else np.zeros((0, 0), np.int64)
-        req = np.full(len(states), int(now), dtype=np.int64)
-        return self.window(items, times, events, np.array(starts), np.array(ends), req,
-                           user.reshape(len(states), len(self.user_columns)))
+        req = np.broadcast_to(np.asarray(now, dtype=np.float64), (len(states),)).astype(np.int64)
+        return self.window(
+            items,
+            times,
+            events,
+            np.array(starts),
+            np.array(ends),
+            req,
+            user.reshape(len(states), len(self.user_columns)),
+        )
 
     # -- persistence -----------------------------------------------------------------------------
 
@@ -188,10 +220,15 @@ class Featurizer:
     def from_json(cls, data: dict[str, Any], side_tables: list[np.ndarray]) -> Featurizer:
         """`side_tables` come from the weights file (they are the model's buffers), not the JSON."""
         return cls(
-            items=Vocab(data["items"]), events=Vocab(data["events"]),
-            item_columns=tuple(data["item_columns"]), item_side=[Vocab(t) for t in data["item_side"]],
+            items=Vocab(data["items"]),
+            events=Vocab(data["events"]),
+            item_columns=tuple(data["item_columns"]),
+            item_side=[Vocab(t) for t in data["item_side"]],
             side_tables=side_tables,
-            user_columns=tuple(data["user_columns"]), user_side=[Vocab(t) for t in data["user_side"]],
-            has_time=bool(data["has_time"]), position=str(data["position"]),
-            n_positions=int(data["n_positions"]), window_len=int(data["window_len"]),
+            user_columns=tuple(data["user_columns"]),
+            user_side=[Vocab(t) for t in data["user_side"]],
+            has_time=bool(data["has_time"]),
+            position=str(data["position"]),
+            n_positions=int(data["n_positions"]),
+            window_len=int(data["window_len"]),
         )

@@ -27,9 +27,7 @@ def from_dict(cls: type[C], data: Mapping[str, Any], where: str = "config") -> C
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise InvalidArgument(
-            f"{where}: unknown key(s) {unknown} for {cls.__name__}; fix: use one of {sorted(fields)}"
-        )
+        raise InvalidArgument(f"{where}: unknown key(s) {unknown} for {cls.__name__}; fix: use one of {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)

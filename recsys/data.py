@@ -73,13 +73,18 @@ def read_table(path: str | Path) -> pd.DataFrame:
             return pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
     except (ValueError, OSError) as err:
         raise DataValidationError(str(p), f"cannot be parsed ({err})", "pass a valid CSV or Parquet file") from err
-    raise DataValidationError(str(p), f"unsupported file type {suffix!r}", "use .csv, .tsv, .parquet or a Parquet directory")
+    raise DataValidationError(
+        str(p), f"unsupported file type {suffix!r}", "use .csv, .tsv, .parquet or a Parquet directory"
+    )
 
 
 def _require(df: pd.DataFrame, file: str, column: str, what: str) -> None:
     if column not in df.columns:
         raise DataValidationError(
-            file, f"missing column {column!r} (found {list(df.columns)})", f"add a {column!r} column with {what}", column
+            file,
+            f"missing column {column!r} (found {list(df.columns)})",
+            f"add a {column!r} column with {what}",
+            column,
         )
 
 
@@ -89,7 +94,9 @@ def _ids(df: pd.DataFrame, file: str, column: str) -> pd.Series:
     bad = raw.isna().to_numpy() | (text == "").to_numpy()
     if bad.any():
         row = int(np.flatnonzero(bad)[0]) + 1
-        raise DataValidationError(file, f"null or empty id ({int(bad.sum())} such rows)", "drop those rows or fill the id", column, row)
+        raise DataValidationError(
+            file, f"null or empty id ({int(bad.sum())} such rows)", "drop those rows or fill the id", column, row
+        )
     # ints read from Parquet come back as "12", floats as "12.0": normalise integral floats
     if pd.api.types.is_float_dtype(raw):
         text = raw.map(lambda v: str(int(v)) if float(v).is_integer() else str(v))
@@ -151,7 +158,11 @@ def validate_log(df: pd.DataFrame, file: str, events: tuple[str, ...] = KNOWN_EV
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0]) + 1
             raise DataValidationError(
-                file, f"label {df['label'].iloc[row - 1]!r} is not 0 or 1", "use 1 for clicks and 0 for shown-not-clicked", "label", row
+                file,
+                f"label {df['label'].iloc[row - 1]!r} is not 0 or 1",
+                "use 1 for clicks and 0 for shown-not-clicked",
+                "label",
+                row,
             )
         out["label"] = lab.astype("int8").to_numpy()
     else:

@@ -81,5 +81,7 @@ def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
         return scores, ids
     B = ids.shape[0]
     pad = k - ids.shape[1]
-    return (np.concatenate([scores, np.full((B, pad), -np.inf, np.float32)], 1),
-            np.concatenate([ids, np.full((B, pad), -1, np.int64)], 1))
+    return (
+        np.concatenate([scores, np.full((B, pad), -np.inf, np.float32)], 1),
+        np.concatenate([ids, np.full((B, pad), -1, np.int64)], 1),
+    )

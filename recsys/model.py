@@ -17,6 +17,9 @@ Deviations from the paper, each deliberate:
 - The MLP reads the target position's output (`pooling="target"`) by default rather than all positions
   flattened: with one block this is exactly what makes the single-pass candidate scorer exact (each
   candidate attends to the history and to itself only). `pooling="flatten"` is the paper's variant.
+- The MLP also reads the retrieval head's score for the candidate (`retrieval_feature`, detached so the
+  ranker cannot degrade retrieval): the served ranker orders retrieval's candidates, all plausible, and
+  without it a pointwise ranker ordered them worse than retrieval itself (measured on the demo log).
 """
 
 from __future__ import annotations
@@ -42,12 +45,14 @@ class ModelConfig:
     n_heads: int = 8  # the paper's 8 heads
     n_blocks: int = 1  # the paper found one block best
     ffn_mult: int = 4  # feed-forward width = ffn_mult * d_model
-    dropout: float = 0.2  # on attention, residual branches and the MLP
+    dropout: float = 0.2  # on embeddings, residual branches and the MLP
+    attn_dropout: float = 0.0  # on attention weights; off by default: it forces SDPA's slow path on CPU
     position: Literal["time", "ordinal"] = "time"  # time-gap buckets, or steps back when logs lack time
     n_positions: int = 64  # position vocabulary: 0 pad, 1 the target, 2.. gap buckets
     d_feature: int = 16  # width of each user-profile and context embedding
     mlp_dims: tuple[int, ...] = (1024, 512, 256)  # the paper's MLP
     pooling: Literal["target", "flatten"] = "target"  # MLP input: target output, or all outputs flattened
+    retrieval_feature: bool = True  # the MLP also reads the retrieval head's user . item score (detached)
     retrieval_blocks: int = 2  # causal blocks of the retrieval encoder
     retrieval_weight: float = 1.0  # weight of the next-item loss beside the CTR log loss
     retrieval_temperature: float = 1.0  # softmax temperature of the next-item objective
@@ -81,12 +86,13 @@ class ItemEmbedding(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.ids = nn.Embedding(cfg.n_items, cfg.d_model, padding_idx=0)
-        self.sides = nn.ModuleList(nn.Embedding(n, cfg.d_model, padding_idx=0) for n in cfg.side_sizes)
+        self.sides = nn.ModuleList([nn.Embedding(n, cfg.d_model, padding_idx=0) for n in cfg.side_sizes])
         for j, width in enumerate(cfg.side_widths):
             # the item -> side-feature table, filled from the saved vocabulary (see recsys.batch)
             self.register_buffer(f"side_table_{j}", torch.zeros(cfg.n_items, width, dtype=torch.long))
         nn.init.normal_(self.ids.weight, std=0.02)
         for emb in self.sides:
+            assert isinstance(emb, nn.Embedding)
             nn.init.normal_(emb.weight, std=0.02)
 
     def side_table(self, j: int) -> Tensor:
@@ -118,7 +124,7 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_mult * d), nn.LeakyReLU(), nn.Linear(cfg.ffn_mult * d, d))
         self.ln2 = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
-        self.p_attn = cfg.dropout
+        self.p_attn = cfg.attn_dropout
 
     def heads(self, x: Tensor) -> Tensor:  # (B, T, d) -> (B, h, T, d/h)
         B, T, d = x.shape
@@ -169,7 +175,8 @@ class BST(nn.Module):
         self.hour = nn.Embedding(25, cfg.d_feature, padding_idx=0)
         self.weekday = nn.Embedding(8, cfg.d_feature, padding_idx=0)
         seq_width = d * (cfg.max_len + 1) if cfg.pooling == "flatten" else d
-        width = seq_width + d + cfg.d_feature * (len(cfg.user_sizes) + 2)  # + target item + profile + context
+        # + target item + profile + context (+ the retrieval score)
+        width = seq_width + d + cfg.d_feature * (len(cfg.user_sizes) + 2) + int(cfg.retrieval_feature)
         layers: list[nn.Module] = []
         for out in cfg.mlp_dims:
             layers += [nn.Linear(width, out), nn.LeakyReLU(), nn.Dropout(cfg.dropout)]
@@ -216,7 +223,12 @@ class BST(nn.Module):
             seq = tokens.reshape(B * C, -1)  # (B*C, (L+1)*d)
         seq = seq.view(B, C, -1)  # (B, C, S)
         request = self.request_features(history).unsqueeze(1).expand(B, C, -1)  # (B, C, F)
-        return self.mlp(torch.cat([seq, target_raw, request], dim=-1)).squeeze(-1)  # (B, C)
+        parts = [seq, target_raw, request]
+        if self.cfg.retrieval_feature:  # the ranker refines retrieval rather than relearning it
+            with torch.no_grad():
+                user = self.encode_user(history)  # (B, d)
+            parts.append((target_raw.detach() * user.unsqueeze(1)).sum(-1, keepdim=True))  # (B, C, 1)
+        return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)  # (B, C)
 
     # -- retrieval ----------------------------------------------------------------------------------
 
@@ -241,20 +253,24 @@ class BST(nn.Module):
     # -- training -----------------------------------------------------------------------------------
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """batch: the History fields plus `target` (B,) and `label` (B,) float.
+        """batch: the History fields, `target` (B,), `label` (B,) float and optionally `retrieve` (B,)
+        bool, the rows whose histories also train the retrieval head (default: every positive).
         Returns the CTR logits (B,) and the loss: log loss + retrieval_weight * next-item loss."""
         history = History(*(batch[name] for name in History._fields))
         logits = self.score(history, batch["target"].unsqueeze(1)).squeeze(1)  # (B,)
         loss = F.binary_cross_entropy_with_logits(logits, batch["label"])
         if self.cfg.retrieval_weight > 0:
-            loss = loss + self.cfg.retrieval_weight * self.next_item_loss(history.items, batch["target"], batch["label"])
+            keep = batch["label"] > 0.5
+            if "retrieve" in batch:
+                keep = keep & batch["retrieve"]
+            loss = loss + self.cfg.retrieval_weight * self.next_item_loss(history.items[keep], batch["target"][keep])
         return logits, loss
 
-    def next_item_loss(self, items: Tensor, target: Tensor, label: Tensor) -> Tensor:
-        """Full-softmax cross-entropy over the catalog at every position of the positives' histories
-        (SASRec-style: position t predicts item t+1; the last predicts the clicked target)."""
-        keep = label > 0.5
-        items, target = items[keep, -self.cfg.retrieval_len :], target[keep]  # (P, T), (P,)
+    def next_item_loss(self, items: Tensor, target: Tensor) -> Tensor:
+        """Full-softmax cross-entropy over the catalog at every position of clicked histories
+        (SASRec-style: position t predicts item t+1; the last predicts the clicked target).
+        items (P, T), target (P,) -> scalar."""
+        items = items[:, -self.cfg.retrieval_len :]
         if items.shape[0] == 0:
             return items.new_zeros((), dtype=torch.float32)
         nxt = torch.cat([items[:, 1:], target.unsqueeze(1)], dim=1)  # (P, T) the item after each position

@@ -46,8 +46,12 @@ class Recommendation:
 class Recommender:
     """A loaded artifact plus the request-time logic around it. Thread-safe for concurrent calls."""
 
-    def __init__(self, art: artifact_format.Artifact, retriever: Retriever | None = None,
-                 retrieval_depth: int = DEFAULT_RETRIEVAL_DEPTH):
+    def __init__(
+        self,
+        art: artifact_format.Artifact,
+        retriever: Retriever | None = None,
+        retrieval_depth: int = DEFAULT_RETRIEVAL_DEPTH,
+    ):
         self.artifact = art
         self.model = art.model.eval()
         self.featurizer = art.featurizer
@@ -75,23 +79,32 @@ class Recommender:
     def recommend(self, user: UserState, k: int, exclude_seen: bool = True, now: float | None = None) -> Recommendation:
         return self.recommend_batch([user], k, exclude_seen, now)[0]
 
-    def recommend_batch(self, users: Sequence[UserState], k: int, exclude_seen: bool = True,
-                        now: float | None = None, depth: int | None = None) -> list[Recommendation]:
+    def recommend_batch(
+        self,
+        users: Sequence[UserState],
+        k: int,
+        exclude_seen: bool = True,
+        now: float | Sequence[float] | None = None,
+        depth: int | None = None,
+    ) -> list[Recommendation]:
         if not 1 <= k <= MAX_K:
             raise InvalidArgument(f"k={k} is out of range; fix: ask for 1 <= k <= {MAX_K}")
         depth = max(k, depth or self.retrieval_depth)
-        now = float(now if now is not None else _now())
+        times = np.broadcast_to(np.asarray(now if now is not None else _now(), dtype=np.float64), (len(users),))
         seen = [self._seen(u) for u in users]
         personal = [i for i, s in enumerate(seen) if len(s)]
         out: list[Recommendation | None] = [None] * len(users)
         if personal:
-            ranked = self._retrieve_and_rank([users[i] for i in personal], [seen[i] for i in personal],
-                                             k, depth, exclude_seen, now)
+            ranked = self._retrieve_and_rank(
+                [users[i] for i in personal], [seen[i] for i in personal], k, depth, exclude_seen, times[personal]
+            )
             for i, (idx, scores) in zip(personal, ranked, strict=True):
                 out[i] = self._answer(idx, scores, seen[i], k, exclude_seen, "personalised")
         for i, rec in enumerate(out):
             if rec is None:
-                out[i] = self._answer(np.zeros(0, np.int64), np.zeros(0, np.float32), seen[i], k, exclude_seen, "cold_start")
+                out[i] = self._answer(
+                    np.zeros(0, np.int64), np.zeros(0, np.float32), seen[i], k, exclude_seen, "cold_start"
+                )
         return [r for r in out if r is not None]
 
     def rank(self, user: UserState, item_ids: Sequence[str], now: float | None = None) -> list[float]:
@@ -101,7 +114,7 @@ class Recommender:
         if len(item_ids) > MAX_RANK_ITEMS:
             raise InvalidArgument(f"item_ids has {len(item_ids)} ids; fix: pass at most {MAX_RANK_ITEMS}")
         idx = self.featurizer.items.lookup(list(item_ids))
-        unknown = [item_ids[j] for j in np.flatnonzero(idx < FIRST_ITEM)]
+        unknown = [item_ids[int(j)] for j in np.flatnonzero(idx < FIRST_ITEM)]
         if unknown:
             shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
             raise NotFound(
@@ -117,7 +130,9 @@ class Recommender:
         """Users' recent histories and profiles from the training log, to seed a memory:// store."""
         frame = artifact_format.read_seed(self.path)
         for row in frame.itertuples(index=False):
-            events = [Event(str(i), float(t), str(e)) for i, t, e in zip(row.items, row.timestamps, row.events, strict=True)]
+            events = [
+                Event(str(i), float(t), str(e)) for i, t, e in zip(row.items, row.timestamps, row.events, strict=True)
+            ]
             yield str(row.user_id), events, json.loads(row.profile)
 
     # -- internals -------------------------------------------------------------------------------
@@ -128,8 +143,15 @@ class Recommender:
         idx = self.featurizer.items.lookup([e.item_id for e in user.history])
         return np.unique(idx[idx >= FIRST_ITEM])
 
-    def _retrieve_and_rank(self, users: Sequence[UserState], seen: list[np.ndarray], k: int, depth: int,
-                           exclude_seen: bool, now: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _retrieve_and_rank(
+        self,
+        users: Sequence[UserState],
+        seen: list[np.ndarray],
+        k: int,
+        depth: int,
+        exclude_seen: bool,
+        now: np.ndarray,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         hist = self.featurizer.encode_states(users, now)
         with torch.inference_mode():
             queries = self.model.encode_user(hist).float().numpy()  # (B, d)
@@ -148,8 +170,9 @@ class Recommender:
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [(cands[b, order[b]], probs[b, order[b]]) for b in range(len(users))]
 
-    def _answer(self, idx: np.ndarray, scores: np.ndarray, seen: np.ndarray, k: int, exclude_seen: bool,
-                reason: str) -> Recommendation:
+    def _answer(
+        self, idx: np.ndarray, scores: np.ndarray, seen: np.ndarray, k: int, exclude_seen: bool, reason: str
+    ) -> Recommendation:
         keep = np.isfinite(scores)
         idx, scores = idx[keep], scores[keep]
         if len(idx) < k:  # top up from the popular list (too few candidates, or a cold start)
@@ -158,8 +181,10 @@ class Recommender:
             if exclude_seen:
                 mask &= ~np.isin(pop, seen)
             fill = np.flatnonzero(mask)[: k - len(idx)]
+            # popularity shares (<= 1) scaled under the lowest ranked score: the list stays descending
+            floor = float(scores.min()) if len(scores) else 1.0
             idx = np.concatenate([idx, pop[fill]])
-            scores = np.concatenate([scores, self._popular_score[fill]])
+            scores = np.concatenate([scores, floor * self._popular_score[fill] / max(self._popular_score[0], 1e-12)])
         names = self.featurizer.items.decode(idx)
         return Recommendation(
             items=[ScoredItem(n, float(s)) for n, s in zip(names, scores, strict=True)],

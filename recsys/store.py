@@ -428,9 +428,7 @@ class RedisStore:
             with self._client_lock, self._errors():
                 if self._client is None:
                     try:
-                        self._client = redis.cluster.RedisCluster.from_url(
-                            self._client_url, **self._client_kwargs
-                        )
+                        self._client = redis.cluster.RedisCluster.from_url(self._client_url, **self._client_kwargs)
                     except RedisClusterException as err:  # "no reachable startup node"
                         raise RedisConnectionError(str(err)) from err
         return self._client
@@ -484,9 +482,7 @@ class RedisStore:
             pipe.xadd(self.stream_key, fields, maxlen=self.stream_maxlen, approximate=True)
         pipe.execute()
 
-    def _user_state(
-        self, members: Sequence[str], profile: Sequence[str] | dict[str, str], version: Any
-    ) -> UserState:
+    def _user_state(self, members: Sequence[str], profile: Sequence[str] | dict[str, str], version: Any) -> UserState:
         history = tuple(decode_event(m) for m in members)
         profile = profile if isinstance(profile, dict) else _pairs(profile)
         return UserState(history, profile, int(version or 0))
@@ -515,9 +511,7 @@ class RedisStore:
                 pipe.zrange(h, -self.max_history, -1)
                 pipe.hgetall(p)
             replies = pipe.execute()
-        return [
-            self._user_state(replies[i + 1], replies[i + 2], replies[i]) for i in range(0, len(replies), 3)
-        ]
+        return [self._user_state(replies[i + 1], replies[i + 2], replies[i]) for i in range(0, len(replies), 3)]
 
     def append_events(self, user_id: str, events: Sequence[Event]) -> UserState:
         """See `FeatureStore.append_events`. One Lua script: atomic and one round trip (two on a cluster,

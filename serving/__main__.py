@@ -22,13 +22,15 @@ _DEFAULTS = ServerConfig(artifact="-")
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m serving", description="Serve recsys.v1.Recommender (gRPC).")
     p.add_argument("--artifact", required=True, help="model version dir, or an artifacts root with LATEST")
-    p.add_argument("--features", default=_DEFAULTS.features,
-                   help="feature store: memory:// (seeded from the artifact) or redis://HOST:PORT/DB")
+    p.add_argument(
+        "--features",
+        default=_DEFAULTS.features,
+        help="feature store: memory:// (seeded from the artifact) or redis://HOST:PORT/DB",
+    )
     p.add_argument("--host", default=_DEFAULTS.host, help="bind address (0.0.0.0 in a container)")
     p.add_argument("--port", type=int, default=_DEFAULTS.port, help="0 picks a free port")
     p.add_argument("--workers", type=int, default=_DEFAULTS.workers, help="threads running model/store calls")
-    p.add_argument("--torch-threads", type=int, default=_DEFAULTS.torch_threads,
-                   help="intra-op threads per torch call")
+    p.add_argument("--torch-threads", type=int, default=_DEFAULTS.torch_threads, help="intra-op threads per torch call")
     p.add_argument("--max-history", type=int, default=_DEFAULTS.max_history, help="events kept per user")
     p.add_argument("--max-message-bytes", type=int, default=_DEFAULTS.max_message_bytes)
     p.add_argument("--grace", type=float, default=_DEFAULTS.grace_s, help="seconds to drain on SIGTERM")

@@ -56,9 +56,7 @@ class RecommenderClient:
             request.request_time_unix = request_time
         return self._stub.Recommend(request, timeout=self.timeout)
 
-    def rank(
-        self, user_id: str, item_ids: Sequence[str], request_time: float | None = None
-    ) -> pb.RankResponse:
+    def rank(self, user_id: str, item_ids: Sequence[str], request_time: float | None = None) -> pb.RankResponse:
         request = pb.RankRequest(user_id=user_id, item_ids=list(item_ids))
         if request_time is not None:
             request.request_time_unix = request_time

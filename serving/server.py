@@ -198,17 +198,13 @@ async def build_server(config: ServerConfig) -> App:
         for name in ("", SERVICE_NAME):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
 
         address = _address(config.host, config.port)
         try:
             port = server.add_insecure_port(address)
         except RuntimeError as err:  # grpc reports a failed bind as RuntimeError
-            raise Unavailable(
-                f"cannot listen on {address} ({err}); fix: pick a free --port or --host"
-            ) from None
+            raise Unavailable(f"cannot listen on {address} ({err}); fix: pick a free --port or --host") from None
         if port == 0:
             raise Unavailable(f"cannot listen on {address}; fix: pick a free --port or --host")
     except BaseException:
@@ -234,8 +230,13 @@ async def serve(config: ServerConfig) -> None:
         model = app.service.recommender
         logger.info(
             "serving %s model %s (%d items) on %s; features %s; %d workers x %d torch threads",
-            SERVICE_NAME, model.version, model.n_items, app.target, mask_url(config.features),
-            config.workers, config.torch_threads,
+            SERVICE_NAME,
+            model.version,
+            model.n_items,
+            app.target,
+            mask_url(config.features),
+            config.workers,
+            config.torch_threads,
         )
         try:
             await stop.wait()
@@ -261,4 +262,3 @@ def _seed(store: FeatureStore, recommender: Recommender) -> int:
         if profile:
             profiles[user_id] = profile
     return store.put_users(histories, profiles) if histories else 0
-

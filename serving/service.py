@@ -54,9 +54,7 @@ class RecommendationService:
     tests may pass a fixed one.
     """
 
-    def __init__(
-        self, recommender: Recommender, store: FeatureStore, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, recommender: Recommender, store: FeatureStore, clock: Callable[[], float] = time.time) -> None:
         self._recommender = recommender
         self._store = store
         self._clock = clock
@@ -80,9 +78,7 @@ class RecommendationService:
             old, self._recommender = self._recommender, recommender
         return old
 
-    def recommend(
-        self, user_id: str, k: int, exclude_seen: bool = True, now: float | None = None
-    ) -> Recommendation:
+    def recommend(self, user_id: str, k: int, exclude_seen: bool = True, now: float | None = None) -> Recommendation:
         """The k best items for the user. `k` is checked by the recommender (1..MAX_K)."""
         model = self._recommender  # captured once: a concurrent swap does not affect this request
         _check_user_id(user_id)
@@ -162,8 +158,7 @@ def _clean_event(i: int, event: Event, now: float) -> Event:
     ts = event.timestamp
     if not math.isfinite(ts) or ts < 0:
         raise InvalidArgument(
-            f"{where}.timestamp_unix: {ts!r} is not a valid time; fix: send epoch seconds >= 0 "
-            "(0 means now)"
+            f"{where}.timestamp_unix: {ts!r} is not a valid time; fix: send epoch seconds >= 0 (0 means now)"
         )
     if len(event.event) > MAX_EVENT_LENGTH:
         raise InvalidArgument(

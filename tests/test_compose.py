@@ -101,9 +101,7 @@ def dockerfile() -> str:
 
 
 def test_dockerfile_pins_cpu_torch_before_the_project(dockerfile):
-    torch = re.search(
-        r"pip install torch==2\.13\.0 --index-url https://download\.pytorch\.org/whl/cpu", dockerfile
-    )
+    torch = re.search(r"pip install torch==2\.13\.0 --index-url https://download\.pytorch\.org/whl/cpu", dockerfile)
     project = re.search(r"pip install \.\s*$", dockerfile, re.MULTILINE)
     assert torch and project and torch.start() < project.start()
 

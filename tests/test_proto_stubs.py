@@ -21,8 +21,14 @@ def _generate(out: Path) -> None:
     # Run from the repository root with `-I .`, as make/proto.mk does: the include path decides the
     # generated import lines (`from proto.recsys.v1 import ...`).
     cmd = [
-        sys.executable, "-m", "grpc_tools.protoc", "-I", ".",
-        f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}",
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        "-I",
+        ".",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
         *map(str, PROTOS),
     ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

@@ -42,14 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--users", help="optional user table: user_id + profile columns")
     fit.add_argument("--out", required=True, help="artifact root; the new version is written under it")
     fit.add_argument("--run-dir", default="runs/fit", help="checkpoints, metrics.jsonl, learning_curve.png")
-    fit.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                     help="override a config field, e.g. model.n_blocks=2 or train.epochs=5 (repeatable)")
+    fit.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="override a config field, e.g. model.n_blocks=2 or train.epochs=5 (repeatable)",
+    )
     fit.add_argument("--resume", action="store_true", help="resume from the run dir's checkpoint")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(func=_fit)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args))
     except RecsysError as err:

@@ -19,7 +19,7 @@ import torch
 from recsys.batch import Featurizer
 from recsys.data import ClickLog
 from recsys.index import FIRST_ITEM
-from recsys.model import History
+from recsys.model import BST, History
 
 
 @dataclass
@@ -38,7 +38,9 @@ class Examples:
 
     @staticmethod
     def concat(parts: list[Examples]) -> Examples:
-        return Examples(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("user", "end", "target", "label", "time")))
+        return Examples(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("user", "end", "target", "label", "time"))
+        )
 
 
 @dataclass
@@ -74,17 +76,37 @@ class EncodedLog:
         nrow = row_of.reindex(neg["user_id"]).to_numpy().astype(np.int64)
         ntime = neg["timestamp"].to_numpy().astype(np.int64)
         # history of a shown-not-clicked row: the user's positives strictly before it
-        nend = np.array([start[u] + np.searchsorted(times[start[u]:stop[u]], t, side="left")
-                         for u, t in zip(nrow, ntime, strict=True)], dtype=np.int64)
-        negatives = Examples(nrow, nend, featurizer.items.lookup(neg["item_id"].to_numpy()),
-                             np.zeros(len(neg), np.float32), ntime)
-        profiles = {} if clog.users is None else {
-            str(r["user_id"]): {k: v for k, v in r.items() if k != "user_id" and v}
-            for r in clog.users.to_dict("records")
-        }
-        return cls(featurizer, user_ids, start, stop, items, times, events,
-                   featurizer.user_features(clog.users, list(user_ids)), negatives,
-                   np.bincount(items, minlength=len(featurizer.items)), profiles)
+        nend = np.array(
+            [
+                start[u] + np.searchsorted(times[start[u] : stop[u]], t, side="left")
+                for u, t in zip(nrow, ntime, strict=True)
+            ],
+            dtype=np.int64,
+        )
+        negatives = Examples(
+            nrow, nend, featurizer.items.lookup(neg["item_id"].to_numpy()), np.zeros(len(neg), np.float32), ntime
+        )
+        profiles = (
+            {}
+            if clog.users is None
+            else {
+                str(r["user_id"]): {k: v for k, v in r.items() if k != "user_id" and v}
+                for r in clog.users.to_dict("records")
+            }
+        )
+        return cls(
+            featurizer,
+            user_ids,
+            start,
+            stop,
+            items,
+            times,
+            events,
+            featurizer.user_features(clog.users, list(user_ids)),
+            negatives,
+            np.bincount(items, minlength=len(featurizer.items)),
+            profiles,
+        )
 
     @property
     def n_items(self) -> int:
@@ -97,12 +119,13 @@ class EncodedLog:
 
     def batch(self, ex: Examples) -> dict[str, torch.Tensor]:
         """Model inputs for examples: the History fields plus target and label."""
-        hist = self.featurizer.window(self.items, self.times, self.events, self.start[ex.user], ex.end,
-                                      ex.time, self.user_features[ex.user])
+        hist = self.featurizer.window(
+            self.items, self.times, self.events, self.start[ex.user], ex.end, ex.time, self.user_features[ex.user]
+        )
         out = dict(zip(History._fields, hist, strict=True))
         out["target"] = torch.from_numpy(ex.target.astype(np.int64))
         out["label"] = torch.from_numpy(ex.label.astype(np.float32))
-        return out
+        return trim(out)
 
     def seed_frame(self, max_history: int) -> pd.DataFrame:
         """Each user's newest `max_history` positives (raw ids) and profile, for the artifact."""
@@ -112,14 +135,26 @@ class EncodedLog:
         for u, uid in enumerate(self.user_ids):
             lo = max(self.start[u], self.stop[u] - max_history)
             sl = slice(lo, self.stop[u])
-            rows.append({
-                "user_id": str(uid),
-                "items": [tokens[i] for i in self.items[sl]],
-                "timestamps": self.times[sl].tolist(),
-                "events": [ev_tokens[e] for e in self.events[sl]],
-                "profile": json.dumps(self.profiles.get(str(uid), {})),
-            })
+            rows.append(
+                {
+                    "user_id": str(uid),
+                    "items": [tokens[i] for i in self.items[sl]],
+                    "timestamps": self.times[sl].tolist(),
+                    "events": [ev_tokens[e] for e in self.events[sl]],
+                    "profile": json.dumps(self.profiles.get(str(uid), {})),
+                }
+            )
         return pd.DataFrame(rows)
+
+
+def trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the leading all-padding columns of a left-padded batch (the model accepts any T)."""
+    items = batch["items"]
+    filled = (items > 0).any(0).nonzero()
+    first = int(filled[0]) if len(filled) else items.shape[1] - 1
+    if first == 0:
+        return batch
+    return {k: v[:, first:] if v.dim() == 2 and v.shape == items.shape else v for k, v in batch.items()}
 
 
 @dataclass
@@ -144,12 +179,14 @@ def leave_one_out(data: EncodedLog) -> Split:
     # a real negative trains only if its history ends before the user's held-out positives
     limit = np.where(held, data.stop - 2, data.stop)[neg.user]
     train_neg = neg.subset(np.flatnonzero((neg.end <= limit) & (neg.end > data.start[neg.user])))
-    return Split(Examples.concat([data.positives(train_rows), train_neg]),
-                 data.positives(valid_rows), data.positives(test_rows))
+    return Split(
+        Examples.concat([data.positives(train_rows), train_neg]), data.positives(valid_rows), data.positives(test_rows)
+    )
 
 
-def sample_negatives(data: EncodedLog, pos: Examples, n: int, rng: np.random.Generator,
-                     how: str = "uniform") -> Examples:
+def sample_negatives(
+    data: EncodedLog, pos: Examples, n: int, rng: np.random.Generator, how: str = "uniform"
+) -> Examples:
     """`n` sampled negatives per positive, same history and time, target != the positive's item."""
     if n <= 0 or len(pos) == 0:
         return pos.subset(np.zeros(0, np.int64))
@@ -162,3 +199,37 @@ def sample_negatives(data: EncodedLog, pos: Examples, n: int, rng: np.random.Gen
     clash = draw == reps.target
     draw[clash] = FIRST_ITEM + (draw[clash] - FIRST_ITEM + 1) % (data.n_items - FIRST_ITEM)
     return Examples(reps.user, reps.end, draw.astype(np.int64), np.zeros(len(reps), np.float32), reps.time)
+
+
+@torch.inference_mode()
+def mine_hard_negatives(
+    model: BST, data: EncodedLog, pos: Examples, n: int, pool: int, rng: np.random.Generator, batch_size: int = 1024
+) -> Examples:
+    """`n` negatives per positive drawn uniformly from the retrieval head's top-`pool` items for its
+    history (seen items and the target excluded): the candidates the ranker faces when served."""
+    if n <= 0 or len(pos) == 0:
+        return pos.subset(np.zeros(0, np.int64))
+    was_training = model.training
+    model.eval()
+    vectors = model.item_vectors()  # (N, d)
+    pool = min(pool, data.n_items - FIRST_ITEM - 1)
+    draws = []
+    for lo in range(0, len(pos), batch_size):
+        part = pos.subset(np.arange(lo, min(len(pos), lo + batch_size)))
+        batch = data.batch(part)
+        scores = model.encode_user(History(*(batch[f] for f in History._fields))) @ vectors.T  # (B, N)
+        scores[:, :FIRST_ITEM] = float("-inf")
+        scores.scatter_(1, batch["items"], float("-inf"))  # the (windowed) history
+        scores.scatter_(1, batch["target"].unsqueeze(1), float("-inf"))
+        top = scores.topk(pool, dim=1).indices.numpy()  # (B, pool)
+        cols = rng.integers(0, pool, size=(len(part), n))
+        draws.append(np.take_along_axis(top, cols, axis=1))
+    model.train(was_training)
+    reps = pos.subset(np.repeat(np.arange(len(pos)), n))
+    return Examples(
+        reps.user,
+        reps.end,
+        np.concatenate(draws).reshape(-1).astype(np.int64),
+        np.zeros(len(reps), np.float32),
+        reps.time,
+    )

@@ -41,20 +41,24 @@ def rank_metrics(ranks: np.ndarray) -> dict[str, float]:
 
 
 def seen_items(data: EncodedLog, ex: Examples) -> list[np.ndarray]:
-    return [data.items[data.start[u]:e] for u, e in zip(ex.user, ex.end, strict=True)]
+    return [data.items[data.start[u] : e] for u, e in zip(ex.user, ex.end, strict=True)]
 
 
 def full_ranking_ranks(scores: torch.Tensor, targets: np.ndarray, seen: list[np.ndarray]) -> np.ndarray:
-    """scores (B, N) over the whole vocabulary -> 0-based rank of each target among unseen items."""
+    """scores (B, N) over the whole vocabulary -> 0-based rank of each target among unseen items
+    (ties count against the target)."""
     scores = scores.clone()
     scores[:, :FIRST_ITEM] = float("-inf")
     rows = np.concatenate([np.full(len(s), b) for b, s in enumerate(seen)]) if seen else np.zeros(0, int)
     cols = np.concatenate(seen) if seen else np.zeros(0, int)
-    t = torch.from_numpy(targets.astype(np.int64))
-    target_score = scores.gather(1, t.unsqueeze(1))  # (B, 1), read before masking: a re-click still counts
     if len(rows):
         scores[torch.from_numpy(rows), torch.from_numpy(cols.astype(np.int64))] = float("-inf")
-    return (scores > target_score).sum(1).numpy()
+    t = torch.from_numpy(targets.astype(np.int64))
+    target_score = scores.gather(1, t.unsqueeze(1))  # (B, 1)
+    ranks = (scores >= target_score).sum(1).numpy() - 1
+    # a held-out item the user had already clicked cannot be recommended when seen items are
+    # excluded (as served): it counts as a miss, for every model alike
+    return np.where(torch.isneginf(target_score[:, 0]).numpy(), scores.shape[1], ranks)
 
 
 def batched(n: int, size: int) -> list[slice]:
@@ -76,8 +80,9 @@ def retrieval_ranks(model: BST, data: EncodedLog, ex: Examples, batch_size: int 
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def score_ranks(scorer: Callable[[Examples], torch.Tensor], data: EncodedLog, ex: Examples,
-                batch_size: int = 256) -> np.ndarray:
+def score_ranks(
+    scorer: Callable[[Examples], torch.Tensor], data: EncodedLog, ex: Examples, batch_size: int = 256
+) -> np.ndarray:
     """Full ranking by any scorer giving (B, N) scores for a batch of examples (baselines)."""
     out = []
     for sl in batched(len(ex), batch_size):
@@ -125,23 +130,31 @@ def user_states(data: EncodedLog, ex: Examples, max_history: int) -> list[UserSt
     states = []
     for u, e in zip(ex.user, ex.end, strict=True):
         lo = max(data.start[u], e - max_history)
-        hist = tuple(Event(tokens[i], float(t), ev[k]) for i, t, k in
-                     zip(data.items[lo:e], data.times[lo:e], data.events[lo:e], strict=True))
+        hist = tuple(
+            Event(tokens[i], float(t), ev[k])
+            for i, t, k in zip(data.items[lo:e], data.times[lo:e], data.events[lo:e], strict=True)
+        )
         states.append(UserState(history=hist, profile=data.profiles.get(str(data.user_ids[u]), {})))
     return states
 
 
-def served_ranks(rec: Recommender, data: EncodedLog, ex: Examples, max_history: int = 200,
-                 batch_size: int = 256, depth: int | None = None) -> np.ndarray:
+def served_ranks(
+    rec: Recommender,
+    data: EncodedLog,
+    ex: Examples,
+    max_history: int = 200,
+    batch_size: int = 256,
+    depth: int | None = None,
+) -> np.ndarray:
     """Ranks (K for a miss) of held-out items in the served top 10: retrieval, BST, seen excluded.
     Each example is served at its own time, so time-gap positions match training."""
     ranks = np.full(len(ex), K, dtype=np.int64)
     for sl in batched(len(ex), batch_size):
         part = ex.subset(np.arange(sl.start, sl.stop))
         states = user_states(data, part, max_history)
-        for j, (state, t, target) in enumerate(zip(states, part.time, part.target, strict=True)):
-            rec_items = rec.recommend_batch([state], K, exclude_seen=True, now=float(t), depth=depth)[0].items
-            ids = [x.item_id for x in rec_items]
+        answers = rec.recommend_batch(states, K, exclude_seen=True, now=part.time.astype(np.float64), depth=depth)
+        for j, (answer, target) in enumerate(zip(answers, part.target, strict=True)):
+            ids = [x.item_id for x in answer.items]
             name = data.featurizer.items.tokens[target]
             if name in ids:
                 ranks[sl.start + j] = ids.index(name)

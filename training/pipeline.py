@@ -35,6 +35,8 @@ class TrainReport:
     artifact: Path
     fit: FitResult
     test: dict[str, dict[str, float]]
+    model: BST  # the in-memory model that was exported (best epoch)
+    data: EncodedLog
 
 
 def configs(overrides: list[str]) -> tuple[ModelConfig, TrainConfig]:
@@ -47,7 +49,9 @@ def build_model(clog: ClickLog, model_cfg: ModelConfig) -> tuple[BST, Featurizer
     position = model_cfg.position if clog.has_time else "ordinal"
     if position != model_cfg.position:
         log.warning("the log has no timestamps: positions fall back to ordinal gaps")
-    n_positions = max(model_cfg.n_positions, model_cfg.retrieval_len + 2) if position == "ordinal" else model_cfg.n_positions
+    n_positions = (
+        max(model_cfg.n_positions, model_cfg.retrieval_len + 2) if position == "ordinal" else model_cfg.n_positions
+    )
     feats = Featurizer.build(clog, window_len=model_cfg.retrieval_len, n_positions=n_positions, position=position)
     cfg = dataclasses.replace(model_cfg, **feats.model_sizes())
     model = BST(cfg)
@@ -63,7 +67,9 @@ def popular_list(data: EncodedLog) -> list[tuple[int, float]]:
     return [(int(i), float(counts[i] / total)) for i in order if i >= FIRST_ITEM]
 
 
-def test_metrics(model: BST, rec: Recommender, data: EncodedLog, split: Split, seed: int) -> dict[str, dict[str, float]]:
+def test_metrics(
+    model: BST, rec: Recommender, data: EncodedLog, split: Split, seed: int
+) -> dict[str, dict[str, float]]:
     """Held-out test metrics. Next item: full ranking over all items, seen excluded. CTR: each test
     positive against one uniform negative with the same history."""
     rng = np.random.default_rng([seed, 20_000])
@@ -79,8 +85,9 @@ def test_metrics(model: BST, rec: Recommender, data: EncodedLog, split: Split, s
     return out
 
 
-def train_and_export(clog: ClickLog, out: Path, overrides: list[str] | None = None,
-                     run_dir: Path | None = None, resume: bool = False) -> TrainReport:
+def train_and_export(
+    clog: ClickLog, out: Path, overrides: list[str] | None = None, run_dir: Path | None = None, resume: bool = False
+) -> TrainReport:
     model_cfg, train_cfg = configs(overrides or [])
     torch.manual_seed(train_cfg.seed)
     model, feats = build_model(clog, model_cfg)
@@ -91,12 +98,27 @@ def train_and_export(clog: ClickLog, out: Path, overrides: list[str] | None = No
     t0 = time.monotonic()
     result = fit(model, data, split, train_cfg, run_dir or Path("runs") / "fit", resume=resume)
     log.info("trained in %.1f s (best epoch %d)", time.monotonic() - t0, result.best_epoch)
-    summary: dict[str, Any] = {**clog.summary(), "split": "leave_one_out",
-                               "train_examples": len(split.train), "valid": len(split.valid), "test": len(split.test)}
-    path = artifact.save(out, model, feats, popular_list(data), data.seed_frame(SEED_HISTORY), summary,
-                         {f"valid_{k}": v for k, v in result.best_metrics.items()},
-                         extra={"train_config": to_dict(train_cfg), "train_seconds": round(result.seconds, 1),
-                                "examples_per_second": round(result.examples_per_second, 1)})
+    summary: dict[str, Any] = {
+        **clog.summary(),
+        "split": "leave_one_out",
+        "train_examples": len(split.train),
+        "valid": len(split.valid),
+        "test": len(split.test),
+    }
+    path = artifact.save(
+        out,
+        model,
+        feats,
+        popular_list(data),
+        data.seed_frame(SEED_HISTORY),
+        summary,
+        {f"valid_{k}": v for k, v in result.best_metrics.items()},
+        extra={
+            "train_config": to_dict(train_cfg),
+            "train_seconds": round(result.seconds, 1),
+            "examples_per_second": round(result.examples_per_second, 1),
+        },
+    )
     rec = Recommender.load(path)
     test = test_metrics(model, rec, data, split, train_cfg.seed)
-    return TrainReport(path, result, test)
+    return TrainReport(path, result, test, model, data)

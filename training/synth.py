@@ -184,9 +184,7 @@ def _draw_world(cfg: SynthConfig, rng: np.random.Generator) -> _World:
     category_gender = rng.integers(0, len(GENDERS), size=n_cat)
     match_age = rng.random(cfg.n_users) < cfg.p_profile_match
     match_gender = rng.random(cfg.n_users) < cfg.p_profile_match
-    user_age_band = np.where(
-        match_age, category_age[user_preferred], rng.integers(0, len(AGE_BANDS), size=cfg.n_users)
-    )
+    user_age_band = np.where(match_age, category_age[user_preferred], rng.integers(0, len(AGE_BANDS), size=cfg.n_users))
     user_gender = np.where(
         match_gender, category_gender[user_preferred], rng.integers(0, len(GENDERS), size=cfg.n_users)
     )
@@ -370,9 +368,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--users", type=int, default=d.n_users, help=f"number of users (default {d.n_users})")
     p.add_argument("--items", type=int, default=d.n_items, help=f"number of items (default {d.n_items})")
-    p.add_argument(
-        "--categories", type=int, default=d.n_categories, help=f"item categories (default {d.n_categories})"
-    )
+    p.add_argument("--categories", type=int, default=d.n_categories, help=f"item categories (default {d.n_categories})")
     p.add_argument(
         "--events-per-user",
         type=float,

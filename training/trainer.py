@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from recsys.config import to_dict
 from recsys.model import BST
-from training.dataset import EncodedLog, Examples, Split, sample_negatives
+from training.dataset import EncodedLog, Examples, Split, mine_hard_negatives, sample_negatives
 from training.evaluate import ctr_logits, ctr_metrics, rank_metrics, retrieval_ranks
 
 log = logging.getLogger(__name__)
@@ -30,14 +30,17 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     epochs: int = 30  # upper bound; early stopping usually ends sooner
     batch_size: int = 256  # examples per step
-    lr: float = 1e-3  # peak learning rate after warm-up
+    lr: float = 3e-3  # peak learning rate after warm-up (1e-3 stayed on the popularity plateau for epochs)
     weight_decay: float = 0.01  # AdamW decoupled weight decay
     warmup_steps: int = 100  # linear warm-up from 0 to lr
     min_lr_ratio: float = 0.05  # cosine decay ends at lr * min_lr_ratio
     grad_clip: float = 1.0  # max global gradient norm
     negatives: int = 1  # sampled negatives per positive when the log has no label-0 rows
     negative_sampling: Literal["uniform", "popularity"] = "uniform"  # how sampled negatives are drawn
-    real_negatives: Literal["auto", "only", "never"] = "auto"  # auto: use label-0 rows when present, else sample
+    real_negatives: Literal["add", "only", "never"] = "add"  # label-0 rows: beside sampled ones, alone, or unused
+    hard_negatives: int = 1  # per positive, drawn from the retrieval head's top `hard_pool` (from epoch 2)
+    hard_pool: int = 200  # the served retrieval depth: the candidates the ranker must order
+    retrieval_fraction: float = 1.0  # share of positives whose histories also train the next-item head
     patience: int = 3  # epochs without validation improvement before stopping
     select_metric: str = "ndcg@10"  # validation metric that picks the best epoch (retrieval or ctr key)
     eval_examples: int = 5000  # validation examples evaluated per epoch (a fixed random subset)
@@ -59,11 +62,13 @@ class FitResult:
 class _Collate:
     """Picklable collate for DataLoader workers: row indices -> model inputs."""
 
-    def __init__(self, data: EncodedLog, examples: Examples):
-        self.data, self.examples = data, examples
+    def __init__(self, data: EncodedLog, examples: Examples, retrieve: np.ndarray):
+        self.data, self.examples, self.retrieve = data, examples, retrieve
 
     def __call__(self, rows: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        return self.data.batch(self.examples.subset(rows[0]))
+        batch = self.data.batch(self.examples.subset(rows[0]))
+        batch["retrieve"] = torch.from_numpy(self.retrieve[rows[0]])
+        return batch
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -74,15 +79,25 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def epoch_examples(data: EncodedLog, split: Split, cfg: TrainConfig, epoch: int) -> Examples:
-    """Training positives plus negatives: real label-0 rows, or fresh samples each epoch."""
+def epoch_examples(data: EncodedLog, split: Split, cfg: TrainConfig, epoch: int, model: BST | None = None) -> Examples:
+    """Training positives plus negatives: fresh samples each epoch, the log's label-0 rows, and from
+    the second epoch hard negatives from the retrieval head (`model`).
+
+    Sampled negatives are kept beside real ones by default: a ranker trained only on impressions
+    (which skew popular) learns "popular means not clicked" and ranks retrieval's candidates badly;
+    one trained only on uniform negatives separates plausible from random items but cannot order
+    retrieval's (all plausible) candidates. Hard negatives teach it exactly that."""
     rng = np.random.default_rng([cfg.seed, epoch])
     train = split.train
     pos = train.subset(np.flatnonzero(train.label > 0.5))
-    real = train.subset(np.flatnonzero(train.label < 0.5))
-    use_real = cfg.real_negatives == "only" or (cfg.real_negatives == "auto" and len(real) > 0)
-    neg = real if use_real else sample_negatives(data, pos, cfg.negatives, rng, cfg.negative_sampling)
-    return Examples.concat([pos, neg])
+    parts = [pos]
+    if cfg.real_negatives != "never":
+        parts.append(train.subset(np.flatnonzero(train.label < 0.5)))
+    if cfg.real_negatives != "only":
+        parts.append(sample_negatives(data, pos, cfg.negatives, rng, cfg.negative_sampling))
+    if model is not None and epoch > 0 and cfg.hard_negatives > 0:
+        parts.append(mine_hard_negatives(model, data, pos, cfg.hard_negatives, cfg.hard_pool, rng))
+    return Examples.concat(parts)
 
 
 def validation_set(data: EncodedLog, split: Split, cfg: TrainConfig) -> tuple[Examples, Examples]:
@@ -101,17 +116,16 @@ def evaluate(model: BST, data: EncodedLog, positives: Examples, ctr: Examples) -
     return out
 
 
-def fit(model: BST, data: EncodedLog, split: Split, cfg: TrainConfig, run_dir: Path,
-        resume: bool = False) -> FitResult:
+def fit(model: BST, data: EncodedLog, split: Split, cfg: TrainConfig, run_dir: Path, resume: bool = False) -> FitResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n_train = len(epoch_examples(data, split, cfg, 0))
+    n_pos = int((split.train.label > 0.5).sum())
+    n_train = len(epoch_examples(data, split, cfg, 0)) + n_pos * cfg.hard_negatives
     steps_per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
     total = cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, cfg.warmup_steps, total, cfg.min_lr_ratio))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps, total, cfg.min_lr_ratio))
     valid_pos, valid_ctr = validation_set(data, split, cfg)
     ckpt_path, best_path = run_dir / "checkpoint.pt", run_dir / "best.pt"
     metrics_path = run_dir / "metrics.jsonl"
@@ -131,13 +145,22 @@ def fit(model: BST, data: EncodedLog, split: Split, cfg: TrainConfig, run_dir: P
     seen_examples = 0
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
-        examples = epoch_examples(data, split, cfg, epoch)
-        perm = np.random.default_rng([cfg.seed, epoch, 1]).permutation(len(examples))
-        chunks = [perm[i:i + cfg.batch_size] for i in range(0, len(perm), cfg.batch_size)]
-        loader = DataLoader(chunks, batch_size=1, shuffle=False, collate_fn=_Collate(data, examples),
-                            num_workers=cfg.num_workers)
-        running, bar = 0.0, tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
-                                 leave=False, unit="batch")
+        examples = epoch_examples(data, split, cfg, epoch, model)
+        rng = np.random.default_rng([cfg.seed, epoch, 1])
+        perm = rng.permutation(len(examples))
+        retrieve = rng.random(len(examples)) < cfg.retrieval_fraction
+        chunks = [perm[i : i + cfg.batch_size] for i in range(0, len(perm), cfg.batch_size)]
+        loader = DataLoader(
+            chunks,
+            batch_size=1,
+            shuffle=False,
+            collate_fn=_Collate(data, examples, retrieve),
+            num_workers=cfg.num_workers,
+        )
+        running, bar = (
+            0.0,
+            tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False, unit="batch"),
+        )
         for step, batch in enumerate(bar):
             _, loss = model(batch)
             opt.zero_grad(set_to_none=True)
@@ -150,8 +173,13 @@ def fit(model: BST, data: EncodedLog, split: Split, cfg: TrainConfig, run_dir: P
             seen_examples += len(batch["label"])
         bar.close()
         metrics = evaluate(model, data, valid_pos, valid_ctr)
-        record = {"epoch": epoch + 1, "train_loss": running, "lr": sched.get_last_lr()[0],
-                  "seconds": round(time.monotonic() - t0, 2), **{f"valid_{k}": v for k, v in metrics.items()}}
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": running,
+            "lr": sched.get_last_lr()[0],
+            "seconds": round(time.monotonic() - t0, 2),
+            **{f"valid_{k}": v for k, v in metrics.items()},
+        }
         history.append(record)
         with metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
@@ -162,11 +190,29 @@ def fit(model: BST, data: EncodedLog, split: Split, cfg: TrainConfig, run_dir: P
             torch.save({"model": model.state_dict(), "metrics": metrics}, best_path)
         else:
             bad += 1
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "epoch": epoch, "best": best, "best_epoch": best_epoch, "bad": bad,
-                    "train_config": to_dict(cfg), "model_config": to_dict(model.cfg)}, ckpt_path)
-        log.info("epoch %d: loss %.4f, valid %s=%.4f auc=%.4f%s", epoch + 1, running, cfg.select_metric, score,
-                 metrics["auc"], " (best)" if improved else "")
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch,
+                "best": best,
+                "best_epoch": best_epoch,
+                "bad": bad,
+                "train_config": to_dict(cfg),
+                "model_config": to_dict(model.cfg),
+            },
+            ckpt_path,
+        )
+        log.info(
+            "epoch %d: loss %.4f, valid %s=%.4f auc=%.4f%s",
+            epoch + 1,
+            running,
+            cfg.select_metric,
+            score,
+            metrics["auc"],
+            " (best)" if improved else "",
+        )
         if bad >= cfg.patience:
             log.info("early stop: no improvement in %d epochs", bad)
             break
@@ -177,8 +223,13 @@ def fit(model: BST, data: EncodedLog, split: Split, cfg: TrainConfig, run_dir: P
     best_state = torch.load(best_path, weights_only=True)
     model.load_state_dict(best_state["model"])
     plot_curve(history, run_dir / "learning_curve.png", cfg.select_metric)
-    return FitResult(best_epoch, {k: float(v) for k, v in best_state["metrics"].items()}, history, seconds,
-                     seen_examples / seconds if seconds else 0.0)
+    return FitResult(
+        best_epoch,
+        {k: float(v) for k, v in best_state["metrics"].items()},
+        history,
+        seconds,
+        seen_examples / seconds if seconds else 0.0,
+    )
 
 
 def plot_curve(history: list[dict[str, Any]], path: Path, metric: str) -> None:

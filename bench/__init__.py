@@ -1,0 +1,1 @@
+"""Benchmarks: speed, memory and quality tables (never run as tests)."""

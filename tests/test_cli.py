@@ -1,0 +1,63 @@
+"""The command lines: bad input exits non-zero with one line naming the problem and the fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def bad_log(tmp_path: Path) -> Path:
+    path = tmp_path / "clicks.csv"
+    pd.DataFrame({"user_id": ["a", "b"], "item_id": ["x", "y"], "timestamp": [1, -3]}).to_csv(path, index=False)
+    return path
+
+
+def test_fit_with_a_missing_log(tmp_path: Path) -> None:
+    proc = run("training", "fit", "--log", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "a"))
+    assert proc.returncode == 2
+    assert "file not found" in one_error_line(proc)
+
+
+def test_fit_with_a_bad_timestamp(bad_log: Path, tmp_path: Path) -> None:
+    proc = run("training", "fit", "--log", str(bad_log), "--out", str(tmp_path / "a"))
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "column 'timestamp', row 2" in line and "fix:" in line
+
+
+def test_fit_with_an_unknown_config_key(tmp_path: Path, demo_log) -> None:
+    proc = run(
+        "training", "fit", "--log", str(demo_log["clicks"]), "--out", str(tmp_path / "a"), "--set", "model.depth=3"
+    )
+    assert proc.returncode == 2
+    assert "unknown key 'depth'" in one_error_line(proc)
+
+
+def test_serving_with_no_artifact(tmp_path: Path) -> None:
+    proc = run("serving", "--artifact", str(tmp_path), "--port", "0")
+    assert proc.returncode == 4
+    assert "no manifest.json and no LATEST" in one_error_line(proc)
+
+
+def test_serving_with_an_unknown_store(trained) -> None:
+    proc = run("serving", "--artifact", str(trained.artifact), "--features", "mongo://x", "--port", "0")
+    assert proc.returncode == 2
+    assert "mongo" in one_error_line(proc)

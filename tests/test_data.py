@@ -1,0 +1,118 @@
+"""Click-log reading and validation: every problem names the file, column, row and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recsys.config import apply_overrides, from_dict
+from recsys.data import load_log
+from recsys.errors import DataValidationError, InvalidArgument
+from recsys.model import ModelConfig
+from recsys.vocab import PAD, UNK, Vocab
+
+
+def write(tmp_path: Path, name: str, frame: pd.DataFrame) -> Path:
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False)
+    return path
+
+
+GOOD = pd.DataFrame({"user_id": ["a", "a", "b"], "item_id": [1, 2, 3], "timestamp": [5, 3, 7]})
+
+
+@pytest.mark.parametrize(
+    ("frame", "column", "row", "words"),
+    [
+        (GOOD.drop(columns="item_id"), "item_id", None, "missing column"),
+        (GOOD.assign(user_id=["a", None, "b"]), "user_id", 2, "null or empty"),
+        (GOOD.assign(item_id=["1", " ", "3"]), "item_id", 2, "null or empty"),
+        (GOOD.assign(timestamp=[5, "yesterday", 7]), "timestamp", 2, "unparsable"),
+        (GOOD.assign(timestamp=[5, 3, -7]), "timestamp", 3, "negative"),
+        (GOOD.assign(event=["click", "teleport", "cart"]), "event", 2, "unknown event 'teleport'"),
+        (GOOD.assign(label=[1, 0, 2]), "label", 3, "not 0 or 1"),
+    ],
+)
+def test_log_problems_are_named(tmp_path: Path, frame, column, row, words) -> None:
+    path = write(tmp_path, "log.csv", frame)
+    with pytest.raises(DataValidationError) as err:
+        load_log(path)
+    msg = str(err.value)
+    assert str(path) in msg and f"column {column!r}" in msg and words in msg and "fix:" in msg
+    if row is not None:
+        assert f"row {row}" in msg
+
+
+def test_item_table_with_duplicate_ids_is_refused(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", GOOD)
+    items = write(tmp_path, "items.csv", pd.DataFrame({"item_id": [1, 2, 2], "category": ["x", "y", "z"]}))
+    with pytest.raises(DataValidationError, match=r"items.csv, column 'item_id', row 3: duplicate item_id '2'"):
+        load_log(log, items)
+
+
+def test_missing_file_and_bad_type(tmp_path: Path) -> None:
+    with pytest.raises(DataValidationError, match="file not found"):
+        load_log(tmp_path / "nope.csv")
+    (tmp_path / "log.json").write_text("{}")
+    with pytest.raises(DataValidationError, match="unsupported file type"):
+        load_log(tmp_path / "log.json")
+
+
+def test_csv_and_parquet_read_the_same(tmp_path: Path) -> None:
+    frame = GOOD.assign(timestamp=["2024-01-01T00:00:05Z", "1704067203", 1704067207], event=["click", "cart", ""])
+    a = load_log(write(tmp_path, "log.csv", frame)).events
+    b = load_log(write(tmp_path, "log.parquet", frame.astype(str))).events
+    pd.testing.assert_frame_equal(a, b)
+    assert list(a["timestamp"]) == [1704067203, 1704067205, 1704067207]  # sorted per user
+    assert list(a["event"]) == ["cart", "click", "click"]
+
+
+def test_log_without_timestamps_uses_file_order(tmp_path: Path) -> None:
+    clog = load_log(write(tmp_path, "log.csv", GOOD.drop(columns="timestamp")))
+    assert not clog.has_time
+    assert list(clog.events["item_id"]) == ["1", "2", "3"]
+
+
+def test_multi_valued_item_columns(tmp_path: Path) -> None:
+    log = write(tmp_path, "log.csv", GOOD)
+    items = write(tmp_path, "items.csv", pd.DataFrame({"item_id": [1, 2], "genres": ["Action|Comedy", ""]}))
+    clog = load_log(log, items)
+    assert clog.items is not None and clog.items["genres"].tolist() == [("Action", "Comedy"), ()]
+
+
+def test_vocab_reserves_padding_and_unknown_and_extends_stably() -> None:
+    v = Vocab.build(["b", "a", "b", "c", "b", "a"])
+    assert v.tokens[:2] == ["<pad>", "<unk>"] and v.tokens[2:] == ["b", "a", "c"]  # most frequent first
+    assert list(v.lookup(["a", "zzz", "c"])) == [3, UNK, 4]
+    assert PAD == 0 and "<pad>" not in v and "a" in v
+    grown = v.extend(["d", "a", "e", "d"])
+    assert grown.tokens[: len(v)] == v.tokens and grown.tokens[len(v) :] == ["d", "e"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=4), min_size=1, max_size=30))
+def test_vocab_lookup_decode_round_trip(values: list[str]) -> None:
+    v = Vocab.build(values)
+    assert v.decode(v.lookup(values)) == [str(x) for x in values]
+    assert np.all(v.lookup(values) >= 2)
+
+
+def test_config_unknown_keys_and_bad_types_fail_loudly() -> None:
+    with pytest.raises(InvalidArgument, match="unknown key"):
+        from_dict(ModelConfig, {"n_items": 5, "n_layers": 2})
+    with pytest.raises(InvalidArgument, match="expected int"):
+        from_dict(ModelConfig, {"n_items": "five"})
+    cfg = apply_overrides(ModelConfig(n_items=5), ["model.n_blocks=2", "model.mlp_dims=[64,32]", "train.x=1"], "model")
+    assert cfg.n_blocks == 2 and cfg.mlp_dims == (64, 32)
+    with pytest.raises(InvalidArgument, match="unknown key 'blocks'"):
+        apply_overrides(ModelConfig(n_items=5), ["model.blocks=2"], "model")
+    with pytest.raises(InvalidArgument, match="not allowed"):
+        apply_overrides(ModelConfig(n_items=5), ["model.pooling=mean"], "model")

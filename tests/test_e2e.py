@@ -1,0 +1,144 @@
+"""End to end over real sockets: train a small synthetic log, export, serve with `python -m serving`
+against a throwaway redis-server, and query it with the client."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import redis
+import torch
+
+from recsys.errors import ArtifactError
+from recsys.features import UserState
+from recsys.recommender import MAX_K, Recommender
+from serving.client import RecommenderClient
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def redis_url(proc: object) -> str:
+    return f"redis://{proc.host}:{proc.port}/0"  # type: ignore[attr-defined]
+
+
+def test_trained_model_beats_most_popular(trained) -> None:
+    # held-out next clicks (leave-one-out test), full ranking, seen items excluded
+    served, retrieval, popular = trained.test["served"], trained.test["retrieval"], trained.test["popular"]
+    assert retrieval["hr@10"] > 1.5 * popular["hr@10"], trained.test
+    assert served["hr@10"] > 1.5 * popular["hr@10"], trained.test
+    assert served["ndcg@10"] > 1.5 * popular["ndcg@10"], trained.test
+    assert trained.test["bst"]["auc"] > 0.7, trained.test
+
+
+def test_recommend_then_record_events_changes_the_answer(trained, redis_proc, server_factory) -> None:
+    server = server_factory(trained.artifact, redis_url(redis_proc))
+    user = "e2e-user-1"
+    with RecommenderClient(server.target) as client:
+        cold = client.recommend(user, k=10)
+        assert not cold.personalised and cold.reason == "cold_start"
+        assert len(cold.items) == 10 and cold.model_version == trained.artifact.name
+
+        clicked = [cold.items[3].item_id, cold.items[5].item_id]
+        now = time.time()
+        ack = client.record(user, [(clicked[0], now - 60, "click"), (clicked[1], now - 30, "click")])
+        assert ack.accepted == 2 and ack.history_length == 2
+
+        warm = client.recommend(user, k=10)
+        assert warm.personalised and warm.reason == "personalised"
+        ids = [it.item_id for it in warm.items]
+        assert not set(ids) & set(clicked), "seen items must be excluded by default"
+        assert ids != [it.item_id for it in cold.items]
+        scores = [it.score for it in warm.items]
+        assert scores == sorted(scores, reverse=True)
+
+        # the events are in Redis (the server's store), in time order
+        r = redis.Redis(host=redis_proc.host, port=redis_proc.port)
+        members = r.zrange(f"recsys:u:{{{user}}}:h", 0, -1)
+        assert [m.decode() for m in members][0].startswith(f'["{clicked[0]}"')
+
+        # a third click moves the answer again; exclude_seen=false may return clicked items
+        client.record(user, [(ids[0], now, "click")])
+        again = client.recommend(user, k=10)
+        assert ids[0] not in [it.item_id for it in again.items]
+        with_seen = client.recommend(user, k=MAX_K, exclude_seen=False)
+        assert {*clicked, ids[0]} <= {it.item_id for it in with_seen.items}
+
+
+def test_invalid_requests_name_the_field_and_the_server_stays_up(trained, server_factory) -> None:
+    server = server_factory(trained.artifact)
+    with RecommenderClient(server.target) as client:
+        cases = [
+            (lambda: client.recommend("", k=10), grpc.StatusCode.INVALID_ARGUMENT, "user_id"),
+            (lambda: client.recommend("u00001", k=0), grpc.StatusCode.INVALID_ARGUMENT, "k="),
+            (lambda: client.recommend("u00001", k=MAX_K + 1), grpc.StatusCode.INVALID_ARGUMENT, "k="),
+            (lambda: client.rank("u00001", ["i00001", "no-such-item"]), grpc.StatusCode.NOT_FOUND, "item_ids"),
+            (lambda: client.rank("u00001", []), grpc.StatusCode.INVALID_ARGUMENT, "item_ids"),
+            (lambda: client.record("u00001", [("", 1.0, "click")]), grpc.StatusCode.INVALID_ARGUMENT, "item_id"),
+        ]
+        for call, code, field in cases:
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == code, err.value.details()
+            assert field in err.value.details() and "fix" in err.value.details()
+        assert client.recommend("u00001", k=5).personalised
+        info = client.info()
+        assert info.model_version == trained.artifact.name and info.catalog_size == 200
+
+
+def test_served_scores_equal_the_in_memory_model(trained, server_factory) -> None:
+    """Export parity: Rank over gRPC == the eager model that was exported (fp32, atol 1e-5)."""
+    server = server_factory(trained.artifact)
+    rec = Recommender.load(trained.artifact)
+    state = next(s for s in rec_seed_states(rec) if len(s[1].history) >= 5)
+    user_id, user = state
+    items = rec.featurizer.items.tokens[2:40]
+    now = 1_706_000_000.0
+    hist = rec.featurizer.encode_states([user], now)
+    model = trained.model.eval()
+    with torch.inference_mode():
+        expected = torch.sigmoid(model.score(hist, torch.from_numpy(rec.featurizer.items.lookup(items))[None]))[0]
+    with RecommenderClient(server.target) as client:
+        got = client.rank(user_id, items, request_time=now)
+    np.testing.assert_allclose(np.array(got.scores), expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.array(rec.rank(user, items, now)), expected.numpy(), atol=1e-5)
+
+
+def rec_seed_states(rec: Recommender) -> list[tuple[str, UserState]]:
+    return [(uid, UserState(tuple(events), profile)) for uid, events, profile in rec.seed()]
+
+
+def test_corrupted_artifact_is_refused(trained, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(trained.artifact, bad)
+    weights = bad / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit in the weights
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"model.safetensors: sha256 .* does not match"):
+        Recommender.load(bad)
+    proc = subprocess.run(
+        [sys.executable, "-m", "serving", "--artifact", str(bad), "--port", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == ArtifactError.exit_code
+    assert "Traceback" not in proc.stderr
+    assert "does not match" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_unknown_format_version_is_refused(trained, tmp_path: Path) -> None:
+    bad = tmp_path / "old"
+    shutil.copytree(trained.artifact, bad)
+    manifest = (bad / "manifest.json").read_text().replace('"format_version": 1', '"format_version": 99')
+    (bad / "manifest.json").write_text(manifest)
+    with pytest.raises(ArtifactError, match="format_version 99 is not supported"):
+        Recommender.load(bad)
