@@ -52,6 +52,8 @@ class ModelConfig:
     d_feature: int = 16  # width of each user-profile and context embedding
     mlp_dims: tuple[int, ...] = (1024, 512, 256)  # the paper's MLP
     pooling: Literal["target", "flatten"] = "target"  # MLP input: target output, or all outputs flattened
+    history_sees_target: bool = True  # behaviors attend to the target (the paper); False isolates candidates,
+    # which makes single-pass candidate scoring (recsys.fast) exact for any number of blocks
     retrieval_feature: bool = True  # the MLP also reads the retrieval head's user . item score (detached)
     retrieval_blocks: int = 2  # causal blocks of the retrieval encoder
     retrieval_weight: float = 1.0  # weight of the next-item loss beside the CTR log loss
@@ -202,11 +204,11 @@ class BST(nn.Module):
         items, pos, ev = history.items[:, -L:], history.positions[:, -L:], history.events[:, -L:]
         return self.items(items) + self.position(pos) + self.event(ev)
 
-    def score(self, history: History, candidates: Tensor) -> Tensor:
+    def score(self, history: History, candidates: Tensor, user: Tensor | None = None) -> Tensor:
         """The reference BST ranker: every candidate gets its own pass over [behaviors; candidate].
-        history: B users, candidates (B, C) item indices -> logits (B, C)."""
+        history: B users, candidates (B, C) item indices -> logits (B, C). `user` (B, d) is the
+        retrieval user vector when the caller already has it (it is recomputed otherwise)."""
         B, C = candidates.shape
-        L = self.cfg.max_len
         behaviors = self.behavior_tokens(history)  # (B, L, d)
         L = behaviors.shape[1]
         target_raw = self.items(candidates)  # (B, C, d)
@@ -215,6 +217,9 @@ class BST(nn.Module):
         tokens = self.drop(tokens.reshape(B * C, L + 1, -1))  # (B*C, L+1, d)
         valid = torch.cat([history.items[:, -L:] > 0, torch.ones_like(candidates[:, :1], dtype=torch.bool)], 1)
         mask = key_mask(valid.repeat_interleave(C, dim=0), causal=False)  # (B*C, 1, L+1, L+1)
+        if not self.cfg.history_sees_target:  # behaviors (queries 0..L-1) never read the target (key L)
+            mask = mask.clone()
+            mask[:, :, :L, L] = False
         for block in self.blocks:
             tokens = block(tokens, mask)
         if self.cfg.pooling == "target":
@@ -225,9 +230,10 @@ class BST(nn.Module):
         request = self.request_features(history).unsqueeze(1).expand(B, C, -1)  # (B, C, F)
         parts = [seq, target_raw, request]
         if self.cfg.retrieval_feature:  # the ranker refines retrieval rather than relearning it
-            with torch.no_grad():
-                user = self.encode_user(history)  # (B, d)
-            parts.append((target_raw.detach() * user.unsqueeze(1)).sum(-1, keepdim=True))  # (B, C, 1)
+            if user is None:
+                with torch.no_grad():
+                    user = self.encode_user(history)  # (B, d)
+            parts.append((target_raw.detach() * user.detach().unsqueeze(1)).sum(-1, keepdim=True))  # (B, C, 1)
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)  # (B, C)
 
     # -- retrieval ----------------------------------------------------------------------------------
@@ -255,27 +261,29 @@ class BST(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """batch: the History fields, `target` (B,), `label` (B,) float and optionally `retrieve` (B,)
         bool, the rows whose histories also train the retrieval head (default: every positive).
-        Returns the CTR logits (B,) and the loss: log loss + retrieval_weight * next-item loss."""
+        Returns the CTR logits (B,) and the loss: log loss + retrieval_weight * next-item loss.
+        The retrieval encoder runs once per history and serves both heads."""
         history = History(*(batch[name] for name in History._fields))
-        logits = self.score(history, batch["target"].unsqueeze(1)).squeeze(1)  # (B,)
+        items = history.items[:, -self.cfg.retrieval_len :]  # (B, T)
+        hidden = self.encode_sequence(items)  # (B, T, d)
+        logits = self.score(history, batch["target"].unsqueeze(1), user=hidden[:, -1]).squeeze(1)  # (B,)
         loss = F.binary_cross_entropy_with_logits(logits, batch["label"])
         if self.cfg.retrieval_weight > 0:
             keep = batch["label"] > 0.5
             if "retrieve" in batch:
                 keep = keep & batch["retrieve"]
-            loss = loss + self.cfg.retrieval_weight * self.next_item_loss(history.items[keep], batch["target"][keep])
+            next_loss = self.next_item_loss(hidden[keep], items[keep], batch["target"][keep])
+            loss = loss + self.cfg.retrieval_weight * next_loss
         return logits, loss
 
-    def next_item_loss(self, items: Tensor, target: Tensor) -> Tensor:
+    def next_item_loss(self, hidden: Tensor, items: Tensor, target: Tensor) -> Tensor:
         """Full-softmax cross-entropy over the catalog at every position of clicked histories
         (SASRec-style: position t predicts item t+1; the last predicts the clicked target).
-        items (P, T), target (P,) -> scalar."""
-        items = items[:, -self.cfg.retrieval_len :]
+        hidden (P, T, d) = encode_sequence(items), items (P, T), target (P,) -> scalar."""
         if items.shape[0] == 0:
-            return items.new_zeros((), dtype=torch.float32)
+            return hidden.sum() * 0.0
         nxt = torch.cat([items[:, 1:], target.unsqueeze(1)], dim=1)  # (P, T) the item after each position
         valid = (items > 0) & (nxt > 1)  # a real input and a known next item
-        hidden = self.encode_sequence(items)[valid]  # (M, d)
-        logits = hidden @ self.item_vectors().T / self.cfg.retrieval_temperature  # (M, N)
+        logits = hidden[valid] @ self.item_vectors().T / self.cfg.retrieval_temperature  # (M, N)
         logits[:, :2] = float("-inf")  # never predict padding or unknown
         return F.cross_entropy(logits, nxt[valid])

@@ -12,15 +12,17 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from recsys import artifact as artifact_format
 from recsys.errors import InvalidArgument, NotFound
+from recsys.fast import FastScorer, UnsupportedConfig
 from recsys.features import Event, UserState
 from recsys.index import FIRST_ITEM, Retriever
+from recsys.model import History
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +53,17 @@ class Recommender:
         art: artifact_format.Artifact,
         retriever: Retriever | None = None,
         retrieval_depth: int = DEFAULT_RETRIEVAL_DEPTH,
+        scorer: Literal["fast", "reference"] = "fast",
     ):
         self.artifact = art
         self.model = art.model.eval()
+        self.fast: FastScorer | None = None
+        if scorer == "fast":
+            try:
+                self.fast = FastScorer(self.model)
+            except UnsupportedConfig as err:
+                log.warning("serving %s with the reference scorer: %s", art.version, err)
+        self.scorer = "fast" if self.fast is not None else "reference"
         self.featurizer = art.featurizer
         self.retriever: Retriever = retriever or art.index
         self.retrieval_depth = retrieval_depth
@@ -122,9 +132,15 @@ class Recommender:
                 "fix: rank only catalog items (new items are learned at the next retrain)"
             )
         hist = self.featurizer.encode_states([user], float(now if now is not None else _now()))
-        with torch.inference_mode():
-            logits = self.model.score(hist, torch.from_numpy(idx).unsqueeze(0))  # (1, C)
+        logits = self.score(hist, torch.from_numpy(idx).unsqueeze(0))  # (1, C)
         return [float(x) for x in torch.sigmoid(logits[0])]
+
+    def score(self, hist: History, candidates: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
+        """Ranker logits (B, C): the fast single-pass scorer, or the reference for unsupported configs."""
+        if self.fast is not None:
+            return self.fast.score(hist, candidates, user)
+        with torch.inference_mode():
+            return self.model.score(hist, candidates, user)
 
     def seed(self) -> Iterator[tuple[str, list[Event], dict[str, str]]]:
         """Users' recent histories and profiles from the training log, to seed a memory:// store."""
@@ -154,7 +170,8 @@ class Recommender:
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         hist = self.featurizer.encode_states(users, now)
         with torch.inference_mode():
-            queries = self.model.encode_user(hist).float().numpy()  # (B, d)
+            user = self.model.encode_user(hist)  # (B, d)
+        queries = user.float().numpy()
         extra = max(len(s) for s in seen) if exclude_seen else 0
         _, found = self.retriever.search(queries, depth + extra)
         cands = np.zeros((len(users), depth), dtype=np.int64)
@@ -164,8 +181,7 @@ class Recommender:
                 row = row[~np.isin(row, seen[b])]
             row = row[:depth]
             cands[b, : len(row)] = row
-        with torch.inference_mode():
-            probs = torch.sigmoid(self.model.score(hist, torch.from_numpy(cands))).numpy()  # (B, depth)
+        probs = torch.sigmoid(self.score(hist, torch.from_numpy(cands), user)).numpy()  # (B, depth)
         probs = np.where(cands >= FIRST_ITEM, probs, -np.inf)
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [(cands[b, order[b]], probs[b, order[b]]) for b in range(len(users))]

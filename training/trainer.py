@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -79,7 +80,9 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def epoch_examples(data: EncodedLog, split: Split, cfg: TrainConfig, epoch: int, model: BST | None = None) -> Examples:
+def epoch_examples(
+    data: EncodedLog, split: Split, cfg: TrainConfig, epoch: int, model: nn.Module | None = None
+) -> Examples:
     """Training positives plus negatives: fresh samples each epoch, the log's label-0 rows, and from
     the second epoch hard negatives from the retrieval head (`model`).
 
@@ -95,7 +98,7 @@ def epoch_examples(data: EncodedLog, split: Split, cfg: TrainConfig, epoch: int,
         parts.append(train.subset(np.flatnonzero(train.label < 0.5)))
     if cfg.real_negatives != "only":
         parts.append(sample_negatives(data, pos, cfg.negatives, rng, cfg.negative_sampling))
-    if model is not None and epoch > 0 and cfg.hard_negatives > 0:
+    if isinstance(model, BST) and epoch > 0 and cfg.hard_negatives > 0:
         parts.append(mine_hard_negatives(model, data, pos, cfg.hard_negatives, cfg.hard_pool, rng))
     return Examples.concat(parts)
 
@@ -109,14 +112,19 @@ def validation_set(data: EncodedLog, split: Split, cfg: TrainConfig) -> tuple[Ex
     return valid, Examples.concat([valid, sample_negatives(data, valid, 1, rng)])
 
 
-def evaluate(model: BST, data: EncodedLog, positives: Examples, ctr: Examples) -> dict[str, float]:
-    """Retrieval next-item metrics (full ranking, seen excluded) and BST CTR metrics."""
-    out = rank_metrics(retrieval_ranks(model, data, positives))
+def evaluate(model: nn.Module, data: EncodedLog, positives: Examples, ctr: Examples) -> dict[str, float]:
+    """CTR metrics of the ranker and, for models with a retrieval head (`encode_user`), next-item
+    metrics (full ranking, seen excluded). Any model with `forward(batch) -> (logits, loss)` trains here."""
+    out: dict[str, float] = {}
+    if hasattr(model, "encode_user"):
+        out.update(rank_metrics(retrieval_ranks(model, data, positives)))
     out.update(ctr_metrics(ctr.user, ctr.label, ctr_logits(model, data, ctr)))
     return out
 
 
-def fit(model: BST, data: EncodedLog, split: Split, cfg: TrainConfig, run_dir: Path, resume: bool = False) -> FitResult:
+def fit(
+    model: nn.Module, data: EncodedLog, split: Split, cfg: TrainConfig, run_dir: Path, resume: bool = False
+) -> FitResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -183,7 +191,7 @@ def fit(model: BST, data: EncodedLog, split: Split, cfg: TrainConfig, run_dir: P
         history.append(record)
         with metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        score = metrics[cfg.select_metric]
+        score = metrics[cfg.select_metric] if cfg.select_metric in metrics else metrics["auc"]
         improved = score > best
         if improved:
             best, best_epoch, bad = score, epoch + 1, 0

@@ -1,0 +1,86 @@
+"""The fast single-pass scorer equals the reference `BST.score` (fp32, atol 1e-5), and refuses the
+configurations where it would be an approximation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recsys.fast import FastScorer, UnsupportedConfig
+from recsys.model import BST, ModelConfig
+from tests.model_contract import random_history
+
+
+def build(cfg: ModelConfig, seed: int) -> BST:
+    torch.manual_seed(seed)
+    model = BST(cfg).eval()
+    for j, w in enumerate(cfg.side_widths):
+        getattr(model.items, f"side_table_{j}").copy_(torch.randint(0, cfg.side_sizes[j], (cfg.n_items, w)))
+    return model
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n_blocks=st.sampled_from([1, 2, 3]),
+    heads_d=st.sampled_from([(8, 64), (4, 32), (2, 16)]),
+    max_len=st.sampled_from([1, 5, 20]),
+    n_cands=st.integers(1, 12),
+    batch=st.integers(1, 4),
+    retrieval_feature=st.booleans(),
+    users=st.sampled_from([(), (5,), (3, 7)]),
+    sides=st.sampled_from([((), ()), ((6,), (1,)), ((6, 20), (1, 3))]),
+    min_len=st.sampled_from([0, 1]),
+)
+def test_fast_equals_reference(
+    seed, n_blocks, heads_d, max_len, n_cands, batch, retrieval_feature, users, sides, min_len
+):
+    n_heads, d = heads_d
+    cfg = ModelConfig(
+        n_items=50,
+        d_model=d,
+        n_heads=n_heads,
+        n_blocks=n_blocks,
+        max_len=max_len,
+        retrieval_len=max(max_len, 8),
+        mlp_dims=(64, 32),
+        user_sizes=users,
+        side_sizes=sides[0],
+        side_widths=sides[1],
+        retrieval_feature=retrieval_feature,
+        history_sees_target=n_blocks == 1,  # one block: the paper's default; more: candidate isolation
+    )
+    model = build(cfg, seed)
+    gen = torch.Generator().manual_seed(seed)
+    hist = random_history(cfg, B=batch, T=cfg.retrieval_len, gen=gen, min_len=min_len)  # padding included
+    cands = torch.randint(2, cfg.n_items, (batch, n_cands), generator=gen)
+    with torch.no_grad():
+        want = model.score(hist, cands)
+    got = FastScorer(model).score(hist, cands)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_prepared_state_is_reusable_across_candidate_sets() -> None:
+    cfg = ModelConfig(n_items=40, mlp_dims=(32,), user_sizes=(4,))
+    model = build(cfg, 0)
+    hist = random_history(cfg, B=2, T=cfg.retrieval_len, gen=torch.Generator().manual_seed(0), min_len=3)
+    fast = FastScorer(model)
+    state = fast.prepare(hist)
+    for cands in (torch.tensor([[2, 3, 4], [5, 6, 7]]), torch.tensor([[9], [8]])):
+        with torch.no_grad():
+            torch.testing.assert_close(
+                fast.score_prepared(state, cands), model.score(hist, cands), atol=1e-5, rtol=1e-5
+            )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [({"pooling": "flatten"}, "pooling='flatten'"), ({"n_blocks": 2, "history_sees_target": True}, "n_blocks=2")],
+)
+def test_approximating_configurations_are_refused(overrides, words) -> None:
+    model = BST(ModelConfig(n_items=20, mlp_dims=(16,), **overrides))
+    with pytest.raises(UnsupportedConfig, match=words) as err:
+        FastScorer(model)
+    assert "fix:" in str(err.value)
