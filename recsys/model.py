@@ -265,14 +265,21 @@ class BST(nn.Module):
         The retrieval encoder runs once per history and serves both heads."""
         history = History(*(batch[name] for name in History._fields))
         items = history.items[:, -self.cfg.retrieval_len :]  # (B, T)
-        hidden = self.encode_sequence(items)  # (B, T, d)
-        logits = self.score(history, batch["target"].unsqueeze(1), user=hidden[:, -1]).squeeze(1)  # (B,)
+        keep = batch["label"] > 0.5  # rows whose histories train the retrieval head
+        if "retrieve" in batch:
+            keep = keep & batch["retrieve"]
+        if self.cfg.retrieval_weight <= 0:
+            keep = torch.zeros_like(keep)
+        hidden = self.encode_sequence(items[keep])  # (P, T, d), with gradients
+        user = torch.empty(items.shape[0], self.cfg.d_model, dtype=hidden.dtype)  # (B, d), detached
+        user[keep] = hidden[:, -1].detach()
+        if self.cfg.retrieval_feature and (~keep).any():
+            with torch.no_grad():  # other rows only feed the ranker's retrieval-score input
+                user[~keep] = self.encode_sequence(items[~keep])[:, -1]
+        logits = self.score(history, batch["target"].unsqueeze(1), user=user).squeeze(1)  # (B,)
         loss = F.binary_cross_entropy_with_logits(logits, batch["label"])
         if self.cfg.retrieval_weight > 0:
-            keep = batch["label"] > 0.5
-            if "retrieve" in batch:
-                keep = keep & batch["retrieve"]
-            next_loss = self.next_item_loss(hidden[keep], items[keep], batch["target"][keep])
+            next_loss = self.next_item_loss(hidden, items[keep], batch["target"][keep])
             loss = loss + self.cfg.retrieval_weight * next_loss
         return logits, loss
 

@@ -17,9 +17,28 @@ from training import synth
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from training.pipeline import train_and_export
+    from recsys.errors import InvalidArgument
+    from training.datasets import load_dataset
 
-    clog = load_log(args.log, args.items, args.users)
+    if (args.log is None) == (args.dataset is None):
+        given = "both were given" if args.log else "neither was given"
+        raise InvalidArgument(f"fit reads --log FILE or --dataset NAME, {given}; fix: pass exactly one")
+    if args.dataset is None:
+        for flag in ("path", "attributes", "min_rating"):
+            if getattr(args, flag) is not None:
+                option = "--" + flag.replace("_", "-")
+                raise InvalidArgument(f"{option} goes with --dataset, not --log; fix: drop it or use --dataset")
+        clog = load_log(args.log, args.items, args.users)
+    else:
+        if args.items or args.users:
+            raise InvalidArgument("--items/--users go with --log; fix: drop them (the dataset adapter reads its own)")
+        if args.path is None:
+            raise InvalidArgument(f"--dataset {args.dataset} needs --path; fix: add --path DIR_OR_FILE")
+        options = {} if args.min_rating is None else {"min_rating": args.min_rating}
+        clog, adapted = load_dataset(args.dataset, args.path, args.attributes, **options)
+        print(adapted.line())
+    from training.pipeline import train_and_export  # after loading: bad data fails without importing torch
+
     overrides = list(args.set or [])
     if args.quiet:
         overrides.append("train.progress=false")
@@ -37,7 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     synth.add_cli(sub)
     fit = sub.add_parser("fit", help="train a BST on a click log and export a versioned artifact")
-    fit.add_argument("--log", required=True, help="click log, CSV or Parquet (canonical schema, see README)")
+    # exactly one of --log and --dataset: checked in _fit, so the error is one line with its fix
+    fit.add_argument("--log", help="click log, CSV or Parquet (canonical schema, see README)")
+    fit.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help="a public log read from --path by training/datasets.py: ml-100k, ml-latest-small, ml-1m, "
+        "movielens (detects which), amazon, taobao",
+    )
+    fit.add_argument("--path", help="with --dataset: the dataset's directory (MovieLens) or file")
+    fit.add_argument("--attributes", help="with --dataset amazon: the item2attributes.json")
+    fit.add_argument(
+        "--min-rating", type=float, help="with a MovieLens --dataset: drop lower ratings (ml-1m default 4)"
+    )
     fit.add_argument("--items", help="optional item table: item_id + categorical columns")
     fit.add_argument("--users", help="optional user table: user_id + profile columns")
     fit.add_argument("--out", required=True, help="artifact root; the new version is written under it")
