@@ -1,58 +1,73 @@
-"""`python -m serving --artifact DIR [--features memory://|redis://HOST:PORT/DB] [--host H] [--port P]`.
+"""`python -m serving [--config FILE.toml] [--artifact DIR] [--features URL] [--port P] ...`.
 
-Exit codes: 0 after a graceful stop (SIGTERM/SIGINT); 2 for a bad argument or store URL, 3 when the
-store or the port is unavailable, 4 for a bad artifact (`RecsysError.exit_code`), each with one line
-on stderr and no traceback.
+Every setting is a `serving.config.ServerConfig` field, taken from (lowest first) its default, the TOML
+file (`--config`, or `RECSYS_CONFIG`), the environment (`RECSYS_<FIELD>`) and these flags.
+
+Exit codes: 0 after a graceful stop (SIGTERM/SIGINT); 2 for a bad argument, config key or store URL, 3
+when the store or the port is unavailable, 4 for a bad artifact (`RecsysError.exit_code`), each with
+one line on stderr and no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from recsys.errors import RecsysError
-from serving.server import ServerConfig, serve
+from serving.config import LOG_FORMATS, LOG_LEVELS, ServerConfig, load_config, parse_list
+from serving.logs import setup_logging
+from serving.server import serve
 
 _DEFAULTS = ServerConfig(artifact="-")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m serving", description="Serve recsys.v1.Recommender (gRPC).")
-    p.add_argument("--artifact", required=True, help="model version dir, or an artifacts root with LATEST")
-    p.add_argument(
-        "--features",
-        default=_DEFAULTS.features,
-        help="feature store: memory:// (seeded from the artifact) or redis://HOST:PORT/DB",
+    """Only the flags actually given end up in the namespace (the others come from file, env, defaults)."""
+    d = _DEFAULTS
+    p = argparse.ArgumentParser(
+        prog="python -m serving",
+        description="Serve recsys.v1.Recommender (gRPC). Precedence: flags > RECSYS_<FIELD> env > --config > defaults.",
+        argument_default=argparse.SUPPRESS,
     )
-    p.add_argument("--host", default=_DEFAULTS.host, help="bind address (0.0.0.0 in a container)")
-    p.add_argument("--port", type=int, default=_DEFAULTS.port, help="0 picks a free port")
-    p.add_argument("--workers", type=int, default=_DEFAULTS.workers, help="threads running model/store calls")
-    p.add_argument("--torch-threads", type=int, default=_DEFAULTS.torch_threads, help="intra-op threads per torch call")
-    p.add_argument("--max-history", type=int, default=_DEFAULTS.max_history, help="events kept per user")
-    p.add_argument("--max-message-bytes", type=int, default=_DEFAULTS.max_message_bytes)
-    p.add_argument("--grace", type=float, default=_DEFAULTS.grace_s, help="seconds to drain on SIGTERM")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--config", help="TOML file of ServerConfig fields (or RECSYS_CONFIG)")
+    p.add_argument("--artifact", help="model version dir, or an artifacts root with LATEST (then hot reload)")
+    p.add_argument("--features", help=f"feature store: memory:// (seeded from the artifact) or redis://HOST:PORT/DB "
+                   f"(default {d.features})")  # fmt: skip
+    p.add_argument("--host", help=f"bind address, 0.0.0.0 in a container (default {d.host})")
+    p.add_argument("--port", type=int, help=f"0 picks a free port (default {d.port})")
+    p.add_argument("--workers", type=int, help=f"threads running model/store calls (default {d.workers})")
+    p.add_argument("--torch-threads", type=int, help=f"intra-op threads per torch call (default {d.torch_threads})")
+    p.add_argument("--max-history", type=int, help=f"events kept per user (default {d.max_history})")
+    p.add_argument("--max-message-bytes", type=int, help=f"default {d.max_message_bytes}")
+    p.add_argument("--grace", dest="grace_s", type=float, help=f"seconds to drain on SIGTERM (default {d.grace_s})")
+    p.add_argument("--metrics-port", type=int, help=f"Prometheus /metrics port; 0 disables (default {d.metrics_port})")
+    p.add_argument("--cache-size", type=int, help=f"users in the state cache; 0 disables (default {d.cache_size})")
+    p.add_argument("--cache-ttl", type=float, help=f"seconds a cached state is used (default {d.cache_ttl})")
+    p.add_argument("--max-concurrent", type=int, help=f"requests admitted at once (default {d.max_concurrent})")
+    p.add_argument("--reload-interval", type=float, help=f"seconds between LATEST polls; 0 = off (default "
+                   f"{d.reload_interval})")  # fmt: skip
+    p.add_argument("--write-tokens", type=parse_list, help="comma-separated bearer tokens for writes and Admin "
+                   "(prefer RECSYS_WRITE_TOKENS or the config file: flags are visible in ps)")  # fmt: skip
+    p.add_argument("--read-tokens", type=parse_list, help="comma-separated bearer tokens for reads")
+    p.add_argument(
+        "--require-read-token", action=argparse.BooleanOptionalAction, help="close reads to calls without a token"
+    )
+    p.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: TLS only)")
+    p.add_argument("--tls-key", help="PEM private key")
+    p.add_argument("--log-level", choices=LOG_LEVELS, help=f"default {d.log_level}; DEBUG logs every request")
+    p.add_argument("--log-format", choices=LOG_FORMATS, help=f"default {d.log_format}")
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     try:
-        config = ServerConfig(
-            artifact=args.artifact,
-            features=args.features,
-            host=args.host,
-            port=args.port,
-            max_history=args.max_history,
-            workers=args.workers,
-            max_message_bytes=args.max_message_bytes,
-            grace_s=args.grace,
-            torch_threads=args.torch_threads,
-        )
+        flags = vars(parse_args(argv))
+        path = flags.pop("config", None)
+        config = load_config(flags, os.environ if env is None else env, path=path)
+        setup_logging(config.log_level, config.log_format)
         asyncio.run(serve(config))
     except RecsysError as err:
         print(f"error: {err}", file=sys.stderr)

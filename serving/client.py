@@ -7,6 +7,8 @@
     python -m serving.client rank --user U --items a,b,c
     python -m serving.client record --user U --item I [--event click] [--timestamp T]
     python -m serving.client info
+    python -m serving.client reload [--version V]         # Admin.Reload (needs a write token if enabled)
+    python -m serving.client --tls-ca ca.pem --token T ... # TLS with that CA, and a bearer token
 
 Methods return the response protos and raise `grpc.RpcError`; the CLI prints such an error as one line
 `error: <STATUS>: <details>` and exits 1.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from types import TracebackType
 
 import grpc
@@ -33,19 +36,35 @@ EventLike = Event | tuple[str, float, str] | tuple[str, float, str, str]  # (ite
 
 
 class RecommenderClient:
-    """One channel to a server; every call has a deadline of `timeout` seconds."""
+    """One channel to a server; every call has a deadline of `timeout` seconds.
 
-    def __init__(self, target: str = DEFAULT_TARGET, timeout: float = 5.0) -> None:
+    `tls_ca`: a PEM file of the CA that signed the server's certificate (TLS; `tls=True` alone uses the
+    system's roots). `token`: sent as `authorization: Bearer <token>` on every call.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        timeout: float = 5.0,
+        *,
+        tls_ca: str | Path | None = None,
+        tls: bool = False,
+        token: str | None = None,
+    ) -> None:
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if tls_ca is not None or tls:
+            roots = Path(tls_ca).read_bytes() if tls_ca is not None else None
+            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(roots), options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self._stub = pb_grpc.RecommenderStub(self._channel)
+        self._admin = pb_grpc.AdminStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def recommend(
@@ -54,22 +73,27 @@ class RecommenderClient:
         request = pb.RecommendRequest(user_id=user_id, k=k, exclude_seen=exclude_seen)
         if request_time is not None:
             request.request_time_unix = request_time
-        return self._stub.Recommend(request, timeout=self.timeout)
+        return self._stub.Recommend(request, timeout=self.timeout, metadata=self._metadata)
 
     def rank(self, user_id: str, item_ids: Sequence[str], request_time: float | None = None) -> pb.RankResponse:
         request = pb.RankRequest(user_id=user_id, item_ids=list(item_ids))
         if request_time is not None:
             request.request_time_unix = request_time
-        return self._stub.Rank(request, timeout=self.timeout)
+        return self._stub.Rank(request, timeout=self.timeout, metadata=self._metadata)
 
     def record(self, user_id: str, events: Iterable[EventLike]) -> pb.RecordEventsResponse:
         """Append events: `Event`s or tuples (item_id, timestamp, event[, event_id]); timestamp 0 = now."""
         protos = [_event_proto(e) for e in events]
         request = pb.RecordEventsRequest(user_id=user_id, events=protos)
-        return self._stub.RecordEvents(request, timeout=self.timeout)
+        return self._stub.RecordEvents(request, timeout=self.timeout, metadata=self._metadata)
 
     def info(self) -> pb.ModelInfo:
-        return self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+        return self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout, metadata=self._metadata)
+
+    def reload(self, version: str | None = None) -> pb.ReloadResponse:
+        """Admin.Reload: serve `version` (None = what the server's artifacts root's LATEST names)."""
+        request = pb.ReloadRequest() if version is None else pb.ReloadRequest(version=version)
+        return self._admin.Reload(request, timeout=self.timeout, metadata=self._metadata)
 
     def health(self, service: str = "") -> str:
         """The grpc.health.v1 status name for `service` ("" = the server), e.g. "SERVING"."""
@@ -110,6 +134,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m serving.client", description="Call a recsys.v1.Recommender.")
     p.add_argument("--target", default=DEFAULT_TARGET, help="host:port of the server")
     p.add_argument("--timeout", type=float, default=5.0, help="deadline per call, seconds")
+    p.add_argument("--tls-ca", help="PEM file of the CA that signed the server's certificate (enables TLS)")
+    p.add_argument("--token", help="bearer token sent with every call")
     sub = p.add_subparsers(dest="command", required=True)
 
     rec = sub.add_parser("recommend", help="top-k items for a user")
@@ -128,6 +154,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     record.add_argument("--timestamp", type=float, default=0.0, help="epoch seconds; 0 = server now")
 
     sub.add_parser("info", help="the served model")
+
+    reload = sub.add_parser("reload", help="Admin.Reload: load, warm up and swap in a model version")
+    reload.add_argument("--version", help="version dir under the server's artifacts root (default: LATEST)")
     return p.parse_args(argv)
 
 
@@ -141,10 +170,13 @@ def _run(client: RecommenderClient, args: argparse.Namespace) -> str:
         items = [s.strip() for s in args.items.split(",") if s.strip()]
         ranked = client.rank(args.user, items)
         rows = sorted(zip(items, ranked.scores, strict=True), key=lambda r: r[1], reverse=True)
-        return f"{format_items(rows)}\nmodel {ranked.model_version}"
+        return f"{format_items(rows)}\nmodel {ranked.model_version}" + (f" ({ranked.reason})" if ranked.reason else "")
     if args.command == "record":
         done = client.record(args.user, [(args.item, args.timestamp, args.event)])
         return f"accepted {done.accepted} event(s); {args.user} now has {done.history_length} in history"
+    if args.command == "reload":
+        reloaded = client.reload(args.version)
+        return f"serving {reloaded.model_version} ({'changed' if reloaded.changed else 'unchanged'})"
     info = client.info()
     lines = [
         f"model_version  {info.model_version}",
@@ -158,7 +190,7 @@ def _run(client: RecommenderClient, args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     try:
-        with RecommenderClient(args.target, timeout=args.timeout) as client:
+        with RecommenderClient(args.target, timeout=args.timeout, tls_ca=args.tls_ca, token=args.token) as client:
             print(_run(client, args))
     except grpc.RpcError as err:
         print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)

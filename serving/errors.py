@@ -6,10 +6,16 @@ status and message. Anything else is a bug: it is logged with its traceback and 
 INTERNAL with a request id to find that log line, and nothing of the exception itself.
 
 Servicers therefore never catch exceptions per method.
+
+The request id is the one `serving.interceptors.AccessInterceptor` chose for the call (`REQUEST_ID`,
+a context variable), so the INTERNAL details, the traceback's log line and the request's access-log
+line all carry the same id. Domain errors are logged here at DEBUG only: the access log line (WARNING
+or ERROR) already reports every failed call with its status and details.
 """
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 import uuid
@@ -24,9 +30,15 @@ from recsys.errors import RecsysError
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_KEY = "x-request-id"  # metadata key a client may set; echoed in INTERNAL details and logs
+MAX_REQUEST_ID_LENGTH = 64
+# The current call's request id, set by the access interceptor (and copied into worker threads).
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("recsys_request_id", default=None)
 
-# Statuses that say the server (or a dependency) is at fault; logged as warnings, not debug.
-_SERVER_SIDE = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN})
+
+class DeadlineExceeded(RecsysError):
+    """The call's deadline passed before the server computed it (on arrival, or while queued)."""
+
+    code = "DEADLINE_EXCEEDED"
 
 
 def status_of(err: RecsysError) -> grpc.StatusCode:
@@ -38,10 +50,14 @@ def status_of(err: RecsysError) -> grpc.StatusCode:
         return grpc.StatusCode.INTERNAL
 
 
-def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The id of this call: the one already chosen for it, else the client's `x-request-id`, else new."""
+    chosen = REQUEST_ID.get()
+    if chosen:
+        return chosen
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and value:
-            return str(value)[:64]
+            return str(value)[:MAX_REQUEST_ID_LENGTH]
     return uuid.uuid4().hex[:16]
 
 
@@ -71,11 +87,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 raise  # the handler already chose its status
             except RecsysError as err:
                 code = status_of(err)
-                level = logging.WARNING if code in _SERVER_SIDE else logging.DEBUG
-                logger.log(level, "%s -> %s: %s", method, code.name, err)
+                logger.debug("%s -> %s: %s", method, code.name, err)
                 await context.abort(code, str(err))
             except Exception:
-                rid = _request_id(context)
+                rid = request_id_of(context)
                 logger.exception("%s failed (request id %s)", method, rid)
                 await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
 

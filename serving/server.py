@@ -1,23 +1,31 @@
-"""The gRPC server: a thin servicer over `RecommendationService`, and the `build_server` factory.
+"""The gRPC server: thin servicers over `RecommendationService` and `ModelReloader`, and the
+`build_server` factory.
 
-The servicer only translates: proto in -> one service call on the worker pool -> proto out. It never
-catches exceptions; `serving.errors.ErrorInterceptor` turns domain errors into statuses.
+The servicers only translate: proto in -> one service call on the worker pool -> proto out. They never
+catch exceptions; `serving.errors.ErrorInterceptor` turns domain errors into statuses, with
+`serving.interceptors` around it (request ids, metrics, access log; tokens, concurrency bound).
 
 Threading: the asyncio loop only does gRPC I/O. Model and store calls block (torch, redis-py), so they
 run on a dedicated `ThreadPoolExecutor` of `config.workers` threads, each torch call using
 `config.torch_threads` intra-op threads; workers * torch_threads should not exceed the cores given to
-the container. Requests beyond `workers` wait in the executor's queue, not on the loop.
+the container. Requests beyond `workers` wait in the executor's queue, not on the loop, and at most
+`config.max_concurrent` are admitted at once. A call whose deadline passes while it waits is never
+computed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
+import json
 import logging
 import signal
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -34,87 +42,91 @@ from proto.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from recsys.errors import InvalidArgument, Unavailable
 from recsys.features import Event, FeatureStore
 from recsys.recommender import Recommender
-from recsys.store import mask_url, open_store
-from serving.errors import ErrorInterceptor
+from recsys.store import open_store
+from serving.cache import UserStateCache
+from serving.config import ServerConfig
+from serving.errors import DeadlineExceeded, ErrorInterceptor
+from serving.interceptors import AccessInterceptor, GuardInterceptor
+from serving.metrics import Metrics, MetricsHTTPServer
+from serving.reload import ModelReloader, load_and_warm
 from serving.service import RecommendationService
+
+__all__ = ["App", "ServerConfig", "build_server", "serve"]
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Recommender"].full_name  # "recsys.v1.Recommender"
+ADMIN_SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Admin"].full_name  # "recsys.v1.Admin"
 HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    artifact: str  # a model version dir, or an artifacts root holding a LATEST pointer (Recommender.load)
-    features: str = "memory://"  # feature store URL: memory:// (seeded from the artifact) or redis://H:P/DB
-    host: str = "127.0.0.1"  # bind address; "0.0.0.0" inside a container, loopback by default for safety
-    port: int = 50051  # 0 picks a free port (tests read the bound one from App.port)
-    max_history: int = 200  # events kept per user by the store; the model reads only its newest few
-    workers: int = 4  # threads running model/store calls = requests computed at once; the rest queue
-    max_message_bytes: int = 4 * 1024 * 1024  # both directions; a maximal Rank (10k ids) fits in ~2.6 MB
-    grace_s: float = 5.0  # on SIGTERM, in-flight requests get this long before they are cancelled
-    torch_threads: int = 1  # intra-op threads per torch call (process-wide); parallelism comes from workers
-
-    def __post_init__(self) -> None:
-        checks: list[tuple[str, bool, str]] = [
-            ("artifact", bool(self.artifact), "pass --artifact DIR"),
-            ("port", 0 <= self.port <= 65535, "use 0..65535 (0 = any free port)"),
-            ("max_history", self.max_history >= 1, "use >= 1"),
-            ("workers", self.workers >= 1, "use >= 1"),
-            ("max_message_bytes", self.max_message_bytes >= 1024, "use >= 1024"),
-            ("grace_s", self.grace_s >= 0, "use >= 0 seconds"),
-            ("torch_threads", self.torch_threads >= 1, "use >= 1"),
-        ]
-        for name, ok, fix in checks:
-            if not ok:
-                raise InvalidArgument(f"server config: {name}={getattr(self, name)!r} is invalid; fix: {fix}")
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
     """recsys.v1.Recommender: proto -> `RecommendationService` call (on the worker pool) -> proto."""
 
-    def __init__(self, service: RecommendationService, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, service: RecommendationService, executor: ThreadPoolExecutor, metrics: Metrics) -> None:
         self._service = service
         self._executor = executor
+        self._metrics = metrics
 
-    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _run(self, method: str, context: Any, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` on the worker pool, in this call's context (request id for logs).
+        Times the wait for a worker; if the call's deadline passed meanwhile, raises instead of computing."""
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        queued = time.perf_counter()
+
+        def call() -> T:
+            self._metrics.observe_stage(method, "queue", time.perf_counter() - queued)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceeded(
+                    f"{method}: the deadline passed while the call waited for a worker; "
+                    "fix: allow a longer deadline, or add capacity (--workers, replicas)"
+                )
+            return fn(*args, **kwargs)
+
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        return await loop.run_in_executor(self._executor, functools.partial(contextvars.copy_context().run, call))
 
     async def Recommend(self, request: pb.RecommendRequest, context: Any) -> pb.RecommendResponse:
         rec = await self._run(
+            "Recommend",
+            context,
             self._service.recommend,
             request.user_id,
             request.k,
             exclude_seen=request.exclude_seen if request.HasField("exclude_seen") else True,
             now=request.request_time_unix if request.HasField("request_time_unix") else None,
         )
-        return pb.RecommendResponse(
-            items=[pb.ScoredItem(item_id=it.item_id, score=it.score) for it in rec.items],
-            model_version=rec.model_version,
-            personalised=rec.personalised,
-            reason=rec.reason,
-        )
+        with self._metrics.stage("Recommend", "serialization"):
+            return pb.RecommendResponse(
+                items=[pb.ScoredItem(item_id=it.item_id, score=it.score) for it in rec.items],
+                model_version=rec.model_version,
+                personalised=rec.personalised,
+                reason=rec.reason,
+            )
 
     async def Rank(self, request: pb.RankRequest, context: Any) -> pb.RankResponse:
         ranking = await self._run(
+            "Rank",
+            context,
             self._service.rank,
             request.user_id,
             list(request.item_ids),
             now=request.request_time_unix if request.HasField("request_time_unix") else None,
         )
-        return pb.RankResponse(scores=ranking.scores, model_version=ranking.model_version)
+        with self._metrics.stage("Rank", "serialization"):
+            return pb.RankResponse(scores=ranking.scores, model_version=ranking.model_version, reason=ranking.reason)
 
     async def RecordEvents(self, request: pb.RecordEventsRequest, context: Any) -> pb.RecordEventsResponse:
         events = [
             Event(item_id=e.item_id, timestamp=e.timestamp_unix, event=e.event, event_id=e.event_id)
             for e in request.events
         ]
-        state = await self._run(self._service.record_events, request.user_id, events)
+        state = await self._run("RecordEvents", context, self._service.record_events, request.user_id, events)
         return pb.RecordEventsResponse(accepted=len(events), history_length=len(state.history))
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Any) -> pb.ModelInfo:
@@ -127,9 +139,23 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         )
 
 
+class AdminServicer(pb_grpc.AdminServicer):
+    """recsys.v1.Admin: proto -> `ModelReloader` -> proto."""
+
+    def __init__(self, reloader: ModelReloader) -> None:
+        self._reloader = reloader
+
+    async def Reload(self, request: pb.ReloadRequest, context: Any) -> pb.ReloadResponse:
+        version, changed = await self._reloader.reload(request.version if request.HasField("version") else None)
+        return pb.ReloadResponse(model_version=version, changed=changed)
+
+
 @dataclass
 class App:
-    """A built, not yet started server and what it serves. `async with app:` starts and stops it."""
+    """A built, not yet started server and what it serves. `async with app:` starts and stops it.
+
+    `start()` also opens the metrics endpoint (unless `config.metrics_port` is 0) and, for an artifacts
+    root, starts the LATEST watcher; `stop()` closes both."""
 
     config: ServerConfig
     server: grpc.aio.Server
@@ -137,23 +163,49 @@ class App:
     service: RecommendationService
     health: grpc_health.aio.HealthServicer
     executor: ThreadPoolExecutor
+    metrics: Metrics
+    reloader: ModelReloader
+    guard: GuardInterceptor
+    _metrics_http: MetricsHTTPServer | None = field(default=None, init=False, repr=False)
+    _watcher: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     @property
     def target(self) -> str:
         """What a client on this machine dials, e.g. "127.0.0.1:50051" (loopback for a wildcard host)."""
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.config.host, self.config.host)
-        return _address(host, self.port)
+        return _address(_dial_host(self.config.host), self.port)
+
+    @property
+    def metrics_port(self) -> int:
+        """The bound metrics port; 0 when metrics are disabled or could not be bound."""
+        return self._metrics_http.port if self._metrics_http is not None else 0
 
     async def start(self) -> None:
         await self.server.start()
+        if self.config.metrics_port:
+            try:
+                self._metrics_http = MetricsHTTPServer(self.metrics, self.config.host, self.config.metrics_port)
+            except OSError as err:
+                # Serving matters more than being scraped: keep answering; the scrape target shows down.
+                logger.error(
+                    "metrics: cannot listen on %s (%s); serving without metrics; fix: pick a free --metrics-port",
+                    _address(self.config.host, self.config.metrics_port),
+                    err,
+                )
+        if self.reloader.root is not None and self.config.reload_interval > 0:
+            self._watcher = asyncio.create_task(self.reloader.watch(self.config.reload_interval))
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful: report NOT_SERVING (load balancers drain), refuse new calls, let in-flight ones
         finish for `grace` seconds (default `config.grace_s`), then release workers and the store."""
         await self.health.enter_graceful_shutdown()
+        if self._watcher is not None:
+            self._watcher.cancel()
         await self.server.stop(self.config.grace_s if grace is None else grace)
         await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=True)
         self.service.store.close()
+        if self._metrics_http is not None:
+            await asyncio.to_thread(self._metrics_http.close)
+            self._metrics_http = None
 
     async def __aenter__(self) -> App:
         await self.start()
@@ -166,10 +218,10 @@ class App:
 
 
 async def build_server(config: ServerConfig) -> App:
-    """Load the model, open (and for memory:// seed) the store, and assemble an unstarted server with
-    the Recommender service, health (SERVING for "" and recsys.v1.Recommender), reflection and the
-    error interceptor. Raises `ArtifactError` for a bad artifact, `InvalidArgument` for a bad store URL,
-    `Unavailable` when the store or the port cannot be had."""
+    """Load and warm up the model, open (and for memory:// seed) the store, and assemble an unstarted
+    server with the Recommender and Admin services, health (SERVING for "" and each service),
+    reflection and the interceptors. Raises `ArtifactError` for a bad artifact, `InvalidArgument` for a
+    bad store URL or unreadable TLS files, `Unavailable` when the store or the port cannot be had."""
     # Process-wide and deliberate: parallelism comes from `workers` threads, not from intra-op threads
     # that would oversubscribe the cores once several requests run at once.
     torch.set_num_threads(config.torch_threads)
@@ -178,31 +230,44 @@ async def build_server(config: ServerConfig) -> App:
     store = open_store(config.features, max_history=config.max_history)
     executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="recsys-worker")
     try:
-        recommender = await asyncio.to_thread(Recommender.load, config.artifact)
+        credentials = _server_credentials(config)
+        recommender = await asyncio.to_thread(load_and_warm, Path(config.artifact))
         if urlsplit(config.features).scheme == "memory":
             users = await asyncio.to_thread(_seed, store, recommender)
             logger.info("seeded memory:// store with %d users from the artifact's training log", users)
-        service = RecommendationService(recommender, store)
+        metrics = Metrics()
+        cache = UserStateCache(config.cache_size, config.cache_ttl)
+        service = RecommendationService(recommender, store, cache=cache, metrics=metrics)
+        reloader = ModelReloader(service, config.artifact, executor, metrics)
+        guard = GuardInterceptor(
+            config.max_concurrent, config.write_tokens, config.read_tokens, config.require_read_token
+        )
 
         server = grpc.aio.server(
-            interceptors=[ErrorInterceptor()],
+            interceptors=[AccessInterceptor(metrics, lambda: service.recommender.version), ErrorInterceptor(), guard],
             options=[
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not share it
             ],
         )
-        pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(service, executor), server)
+        pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(service, executor, metrics), server)
+        pb_grpc.add_AdminServicer_to_server(AdminServicer(reloader), server)
 
         health = grpc_health.aio.HealthServicer()
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, ADMIN_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
 
         address = _address(config.host, config.port)
         try:
-            port = server.add_insecure_port(address)
+            if credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
         except RuntimeError as err:  # grpc reports a failed bind as RuntimeError
             raise Unavailable(f"cannot listen on {address} ({err}); fix: pick a free --port or --host") from None
         if port == 0:
@@ -211,7 +276,17 @@ async def build_server(config: ServerConfig) -> App:
         executor.shutdown(wait=False)
         store.close()
         raise
-    return App(config=config, server=server, port=port, service=service, health=health, executor=executor)
+    return App(
+        config=config,
+        server=server,
+        port=port,
+        service=service,
+        health=health,
+        executor=executor,
+        metrics=metrics,
+        reloader=reloader,
+        guard=guard,
+    )
 
 
 async def serve(config: ServerConfig) -> None:
@@ -222,6 +297,11 @@ async def serve(config: ServerConfig) -> None:
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     try:
+        logger.info("effective config: %s", json.dumps(config.masked(), sort_keys=True))
+        if config.auth_enabled and not config.tls_cert and _dial_host(config.host) not in _LOOPBACK:
+            logger.warning("tokens are configured without TLS: they cross the network in clear text; fix: --tls-cert")
+        if config.read_tokens and not config.write_tokens:
+            logger.warning("read tokens but no write tokens: RecordEvents and Admin calls will all be refused")
         app = await build_server(config)
         if stop.is_set():
             await app.stop(0)
@@ -229,12 +309,13 @@ async def serve(config: ServerConfig) -> None:
         await app.start()
         model = app.service.recommender
         logger.info(
-            "serving %s model %s (%d items) on %s; features %s; %d workers x %d torch threads",
+            "serving %s model %s (%d items) on %s (%s); metrics %s; %d workers x %d torch threads",
             SERVICE_NAME,
             model.version,
             model.n_items,
             app.target,
-            mask_url(config.features),
+            "TLS" if config.tls_cert else "plaintext",
+            f"http://{_address(_dial_host(config.host), app.metrics_port)}/metrics" if app.metrics_port else "off",
             config.workers,
             config.torch_threads,
         )
@@ -247,6 +328,25 @@ async def serve(config: ServerConfig) -> None:
     finally:
         for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
+
+
+def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if not config.tls_cert:
+        return None
+    pems = []
+    for name in ("tls_key", "tls_cert"):
+        path = getattr(config, name)
+        try:
+            pems.append(Path(path).read_bytes())
+        except OSError as err:
+            raise InvalidArgument(
+                f"{name}: cannot read {path} ({err.strerror}); fix: pass a readable PEM file"
+            ) from None
+    return grpc.ssl_server_credentials([(pems[0], pems[1])])
+
+
+def _dial_host(host: str) -> str:
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
 
 def _address(host: str, port: int) -> str:

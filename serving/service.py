@@ -11,24 +11,37 @@ and every response names the version that produced it.
 Events for items the current model does not know are ACCEPTED and stored. The store keeps raw ids, so
 the next retrain learns those items, and until then the ranker maps them to its unknown-item slot.
 Rejecting them would lose exactly the behavior on new items that the next model needs.
+
+User states are read through an in-process `UserStateCache` (at most one store round trip per
+request). Degraded mode: when the store raises `Unavailable` on a read, Recommend and Rank answer from
+the cached state however old ("degraded_cache") or from an empty state, i.e. popular items
+("degraded_fallback"), and say so in `reason`. Writes never degrade: RecordEvents raises `Unavailable`
+(the client retries; event ids make retries idempotent), so nothing is acknowledged that the store
+does not hold.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from recsys.errors import InvalidArgument
+from recsys.errors import InvalidArgument, Unavailable
 from recsys.features import DEFAULT_EVENT, Event, FeatureStore, UserState
 from recsys.recommender import Recommendation, Recommender
+from serving.cache import UserStateCache
+from serving.metrics import Metrics
+
+logger = logging.getLogger(__name__)
 
 MAX_ID_LENGTH = 256  # user and item ids; longer ones are almost certainly a client bug (or abuse)
 MAX_EVENT_LENGTH = 64  # event type names ("click", "cart", ...)
 MAX_EVENTS_PER_REQUEST = 1000  # one RecordEvents call; bigger backfills go through the bulk loader
+DEGRADED_LOG_EVERY_S = 10.0  # while the store is down, one warning per this many seconds, not one per request
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,7 @@ class Ranking:
 
     scores: list[float]
     model_version: str
+    reason: str = ""  # "" (state from the store), "degraded_cache" or "degraded_fallback"
 
 
 @dataclass(frozen=True)
@@ -51,14 +65,30 @@ class RecommendationService:
     """Recommend, rank and record for users of one feature store, with one (swappable) model.
 
     `clock` returns epoch seconds; it resolves "now" (request times and event timestamps of 0), and
-    tests may pass a fixed one.
+    tests may pass a fixed one. Without a `cache` none is used; without `metrics` they go to a
+    registry of their own.
     """
 
-    def __init__(self, recommender: Recommender, store: FeatureStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        recommender: Recommender,
+        store: FeatureStore,
+        clock: Callable[[], float] = time.time,
+        *,
+        cache: UserStateCache | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._recommender = recommender
         self._store = store
         self._clock = clock
         self._swap_lock = threading.Lock()
+        self._cache = cache if cache is not None else UserStateCache(0, 0.0)
+        self._metrics = metrics if metrics is not None else Metrics()
+        self._metrics.set_model(recommender.version, recommender.created_at)
+        self._metrics.track_cache_size(lambda: len(self._cache))
+        self._degraded_lock = threading.Lock()
+        self._degraded_logged_at = -math.inf
+        self._degraded_since_log = 0
 
     @property
     def recommender(self) -> Recommender:
@@ -76,6 +106,7 @@ class RecommendationService:
         """
         with self._swap_lock:
             old, self._recommender = self._recommender, recommender
+            self._metrics.set_model(recommender.version, recommender.created_at)
         return old
 
     def recommend(self, user_id: str, k: int, exclude_seen: bool = True, now: float | None = None) -> Recommendation:
@@ -83,8 +114,10 @@ class RecommendationService:
         model = self._recommender  # captured once: a concurrent swap does not affect this request
         _check_user_id(user_id)
         at = self._resolve_now(now)
-        user = self._store.get_user(user_id)
-        return model.recommend(user, k, exclude_seen=exclude_seen, now=at)
+        user, degraded = self._read_user(user_id, "Recommend")
+        with self._metrics.stage("Recommend", "retrieval_and_ranking"):
+            rec = model.recommend(user, k, exclude_seen=exclude_seen, now=at)
+        return dataclasses.replace(rec, reason=degraded) if degraded else rec
 
     def rank(self, user_id: str, item_ids: Sequence[str], now: float | None = None) -> Ranking:
         """Scores for `item_ids`, same order. Unknown items -> NotFound naming them (the recommender's
@@ -92,8 +125,10 @@ class RecommendationService:
         model = self._recommender
         _check_user_id(user_id)
         at = self._resolve_now(now)
-        user = self._store.get_user(user_id)
-        return Ranking(scores=list(model.rank(user, item_ids, now=at)), model_version=model.version)
+        user, degraded = self._read_user(user_id, "Rank")
+        with self._metrics.stage("Rank", "ranking"):
+            scores = list(model.rank(user, item_ids, now=at))
+        return Ranking(scores=scores, model_version=model.version, reason=degraded)
 
     def record_events(self, user_id: str, events: Sequence[Event]) -> UserState:
         """Validate all events, then append them in one atomic store write; returns the new state.
@@ -112,7 +147,12 @@ class RecommendationService:
             )
         now = self._clock()
         clean = [_clean_event(i, e, now) for i, e in enumerate(events)]
-        return self._store.append_events(user_id, clean)
+        # Invalidate first: if the write fails after Redis applied it, the next read still refetches.
+        self._cache.invalidate(user_id)
+        with self._metrics.stage("RecordEvents", "feature_write"):
+            state = self._store.append_events(user_id, clean)
+        self._cache.put(user_id, state)
+        return state
 
     def model_info(self) -> ModelInfo:
         model = self._recommender
@@ -122,6 +162,35 @@ class RecommendationService:
             catalog_size=model.n_items,
             metrics=dict(model.metrics),
         )
+
+    def _read_user(self, user_id: str, method: str) -> tuple[UserState, str]:
+        """The user's state and "" -- or, with the store unreachable, a degraded state and its reason."""
+        if self._cache.enabled:
+            cached = self._cache.get(user_id)
+            self._metrics.cache_lookup(hit=cached is not None)
+            if cached is not None:
+                return cached, ""
+        try:
+            with self._metrics.stage(method, "feature_fetch"):
+                state = self._store.get_user(user_id)
+        except Unavailable as err:
+            stale = self._cache.get_stale(user_id)
+            reason = "degraded_cache" if stale is not None else "degraded_fallback"
+            self._metrics.degraded.labels(method=method, reason=reason).inc()
+            self._log_degraded(err)
+            return (stale if stale is not None else UserState()), reason
+        self._cache.put(user_id, state)
+        return state, ""
+
+    def _log_degraded(self, err: Unavailable) -> None:
+        """One warning per DEGRADED_LOG_EVERY_S while the store is down (the metric counts every answer)."""
+        with self._degraded_lock:
+            self._degraded_since_log += 1
+            now = time.monotonic()
+            if now - self._degraded_logged_at < DEGRADED_LOG_EVERY_S:
+                return
+            count, self._degraded_since_log, self._degraded_logged_at = self._degraded_since_log, 0, now
+        logger.warning("serving degraded answers (%d since the last warning): %s", count, err)
 
     def _resolve_now(self, now: float | None) -> float:
         """None or 0 -> the clock; negative or non-finite -> InvalidArgument."""

@@ -49,12 +49,14 @@ class RankRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ..., request_time_unix: _Optional[float] = ...) -> None: ...
 
 class RankResponse(_message.Message):
-    __slots__ = ("scores", "model_version")
+    __slots__ = ("scores", "model_version", "reason")
     SCORES_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     scores: _containers.RepeatedScalarFieldContainer[float]
     model_version: str
-    def __init__(self, scores: _Optional[_Iterable[float]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    reason: str
+    def __init__(self, scores: _Optional[_Iterable[float]] = ..., model_version: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("item_id", "timestamp_unix", "event", "event_id")
@@ -106,3 +108,17 @@ class ModelInfo(_message.Message):
     catalog_size: int
     metrics: _containers.ScalarMap[str, float]
     def __init__(self, model_version: _Optional[str] = ..., created_at: _Optional[str] = ..., catalog_size: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class ReloadRequest(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    def __init__(self, version: _Optional[str] = ...) -> None: ...
+
+class ReloadResponse(_message.Message):
+    __slots__ = ("model_version", "changed")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    changed: bool
+    def __init__(self, model_version: _Optional[str] = ..., changed: _Optional[bool] = ...) -> None: ...

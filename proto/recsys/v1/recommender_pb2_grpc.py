@@ -235,3 +235,86 @@ class Recommender:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminStub:
+    """Operations on a running server. When the server is configured with tokens, every call needs a
+    write token (UNAUTHENTICATED without a valid token, PERMISSION_DENIED for a read-only one).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Reload = channel.unary_unary(
+                '/recsys.v1.Admin/Reload',
+                request_serializer=proto_dot_recsys_dot_v1_dot_recommender__pb2.ReloadRequest.SerializeToString,
+                response_deserializer=proto_dot_recsys_dot_v1_dot_recommender__pb2.ReloadResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """Operations on a running server. When the server is configured with tokens, every call needs a
+    write token (UNAUTHENTICATED without a valid token, PERMISSION_DENIED for a read-only one).
+    """
+
+    def Reload(self, request, context):
+        """Loads a model version beside the one being served, warms it up with one recommendation, then
+        swaps it in atomically: requests already running finish on the model they started with, and
+        later ones use the new one. A version that fails to load or to warm up (missing files, checksum
+        mismatch, unknown format) is refused with FAILED_PRECONDITION naming the reason, and the old
+        model keeps serving. A version name that is not a plain directory name is INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Reload': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reload,
+                    request_deserializer=proto_dot_recsys_dot_v1_dot_recommender__pb2.ReloadRequest.FromString,
+                    response_serializer=proto_dot_recsys_dot_v1_dot_recommender__pb2.ReloadResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'recsys.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('recsys.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """Operations on a running server. When the server is configured with tokens, every call needs a
+    write token (UNAUTHENTICATED without a valid token, PERMISSION_DENIED for a read-only one).
+    """
+
+    @staticmethod
+    def Reload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.Admin/Reload',
+            proto_dot_recsys_dot_v1_dot_recommender__pb2.ReloadRequest.SerializeToString,
+            proto_dot_recsys_dot_v1_dot_recommender__pb2.ReloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

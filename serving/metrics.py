@@ -1,0 +1,134 @@
+"""Prometheus metrics of one server, in a registry of its own (several servers may share a process).
+
+Every series is listed in `SERIES` (and documented in the README's Operations section; a test holds
+the three equal). Latencies are in seconds. `serve_http(port, host)` exposes the registry as the text
+format at `/metrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client.exposition import start_http_server
+
+logger = logging.getLogger(__name__)
+
+# 0.5 ms .. 10 s: a cache-hit Recommend takes a few ms on CPU, a cold Redis call up to the socket timeout
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# (name as exposed, type, labels): the contract with dashboards and alerts.
+SERIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("recsys_grpc_requests_total", "counter", ("service", "method", "code")),
+    ("recsys_grpc_request_duration_seconds", "histogram", ("service", "method")),
+    ("recsys_grpc_requests_in_flight", "gauge", ()),
+    ("recsys_stage_duration_seconds", "histogram", ("method", "stage")),
+    ("recsys_user_cache_lookups_total", "counter", ("result",)),
+    ("recsys_user_cache_entries", "gauge", ()),
+    ("recsys_degraded_responses_total", "counter", ("method", "reason")),
+    ("recsys_model_info", "gauge", ("version", "created_at")),
+    ("recsys_model_reloads_total", "counter", ("result",)),
+)
+STAGES = ("queue", "feature_fetch", "retrieval_and_ranking", "ranking", "feature_write", "serialization")
+DEGRADED_REASONS = ("degraded_cache", "degraded_fallback")
+RELOAD_RESULTS = ("ok", "unchanged", "failed")
+
+
+class Metrics:
+    """The series of one server. Thread-safe (prometheus_client's own locks)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "recsys_grpc_requests", "Finished gRPC calls by method and status code.", ["service", "method", "code"],
+            registry=r,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "recsys_grpc_request_duration_seconds",
+            "Wall time of a gRPC call in the server, from handler entry to response (errors included).",
+            ["service", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "recsys_grpc_requests_in_flight", "gRPC calls being handled now (queued or computing).", registry=r
+        )
+        self.stages = Histogram(
+            "recsys_stage_duration_seconds",
+            "Time per request stage: queue (waiting for a worker), feature_fetch (store read, cache hits "
+            "excluded), retrieval_and_ranking (Recommend's model call), ranking (Rank's model call), "
+            "feature_write (RecordEvents' store write), serialization (building the response message).",
+            ["method", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cache_lookups = Counter(
+            "recsys_user_cache_lookups", "User-state cache lookups: hit (fresh entry) or miss.", ["result"], registry=r
+        )
+        self.cache_entries = Gauge("recsys_user_cache_entries", "Users held in the user-state cache.", registry=r)
+        self.degraded = Counter(
+            "recsys_degraded_responses",
+            "Answers given while the feature store was unreachable, by method and reason.",
+            ["method", "reason"],
+            registry=r,
+        )
+        self.model = Info("recsys_model", "The model version being served (value always 1).", registry=r)
+        self.reloads = Counter(
+            "recsys_model_reloads",
+            "Model reload attempts: ok (swapped), unchanged (already served), failed (refused; old model kept).",
+            ["result"],
+            registry=r,
+        )
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        # Zero-valued series exist from the start, so rate() and alerts work before the first event.
+        for result in ("hit", "miss"):
+            self.cache_lookups.labels(result=result)
+        for method in ("Recommend", "Rank"):
+            for reason in DEGRADED_REASONS:
+                self.degraded.labels(method=method, reason=reason)
+        for result in RELOAD_RESULTS:
+            self.reloads.labels(result=result)
+
+    @contextmanager
+    def stage(self, method: str, stage: str) -> Iterator[None]:
+        """Time a block as `stage` of `method` (recorded only when the block completes)."""
+        start = time.perf_counter()
+        yield
+        self.stages.labels(method=method, stage=stage).observe(time.perf_counter() - start)
+
+    def observe_stage(self, method: str, stage: str, seconds: float) -> None:
+        self.stages.labels(method=method, stage=stage).observe(seconds)
+
+    def cache_lookup(self, hit: bool) -> None:
+        self.cache_lookups.labels(result="hit" if hit else "miss").inc()
+
+    def track_cache_size(self, size: Callable[[], int]) -> None:
+        self.cache_entries.set_function(lambda: float(size()))
+
+    def set_model(self, version: str, created_at: str) -> None:
+        self.model.info({"version": version, "created_at": created_at})
+
+    def request_done(self, service: str, method: str, code: str, seconds: float) -> None:
+        self.requests.labels(service=service, method=method, code=code).inc()
+        self.latency.labels(service=service, method=method).observe(seconds)
+
+
+class MetricsHTTPServer:
+    """`/metrics` over HTTP on a daemon thread; `close()` stops it and frees the port."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+        self._httpd: WSGIServer
+        self._thread: threading.Thread
+        self._httpd, self._thread = start_http_server(port, addr=host, registry=metrics.registry)
+        self.port = int(self._httpd.server_port)
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
