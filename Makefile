@@ -39,9 +39,9 @@ redis-server:
 
 run: $(VENV)/.installed
 ifeq ($(LOG),)
-	$(PY) -m training synth --out $(DEMO) --users 1000 --items 500 --seed 0
+	$(PY) -m training synth --out $(DEMO) --users 600 --items 300 --seed 0
 	$(PY) -m training fit --log $(DEMO)/clicks.parquet --items $(DEMO)/items.parquet --users $(DEMO)/users.parquet \
-	  --out $(ARTIFACTS) --set train.epochs=6
+	  --out $(ARTIFACTS) --set train.epochs=5
 else
 	$(PY) -m training fit --log $(LOG) $(if $(ITEMS),--items $(ITEMS)) $(if $(USERS),--users $(USERS)) --out $(ARTIFACTS)
 endif

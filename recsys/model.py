@@ -284,13 +284,18 @@ class BST(nn.Module):
         return logits, loss
 
     def next_item_loss(self, hidden: Tensor, items: Tensor, target: Tensor) -> Tensor:
-        """Full-softmax cross-entropy over the catalog at every position of clicked histories
-        (SASRec-style: position t predicts item t+1; the last predicts the clicked target).
-        hidden (P, T, d) = encode_sequence(items), items (P, T), target (P,) -> scalar."""
-        if items.shape[0] == 0:
-            return hidden.sum() * 0.0
-        nxt = torch.cat([items[:, 1:], target.unsqueeze(1)], dim=1)  # (P, T) the item after each position
-        valid = (items > 0) & (nxt > 1)  # a real input and a known next item
-        logits = hidden[valid] @ self.item_vectors().T / self.cfg.retrieval_temperature  # (M, N)
-        logits[:, :2] = float("-inf")  # never predict padding or unknown
-        return F.cross_entropy(logits, nxt[valid])
+        """The retrieval head's objective over the catalog; see `next_item_loss`."""
+        return next_item_loss(hidden, items, target, self.item_vectors(), self.cfg.retrieval_temperature)
+
+
+def next_item_loss(hidden: Tensor, items: Tensor, target: Tensor, vectors: Tensor, temperature: float = 1.0) -> Tensor:
+    """Full-softmax cross-entropy over the catalog at every position of clicked histories
+    (SASRec-style: position t predicts item t+1; the last predicts the clicked target).
+    hidden (P, T, d) = an encoder's outputs for items (P, T), target (P,), vectors (N, d) -> scalar."""
+    if items.shape[0] == 0:
+        return hidden.sum() * 0.0
+    nxt = torch.cat([items[:, 1:], target.unsqueeze(1)], dim=1)  # (P, T) the item after each position
+    valid = (items > 0) & (nxt > 1)  # a real input and a known next item
+    logits = hidden[valid] @ vectors.T / temperature  # (M, N)
+    logits[:, :2] = float("-inf")  # never predict padding or unknown
+    return F.cross_entropy(logits, nxt[valid])

@@ -56,7 +56,7 @@ class EncodedLog:
     events: np.ndarray  # (P,) flat event indices
     user_features: np.ndarray  # (U, n_profile_columns)
     negatives: Examples  # real shown-not-clicked rows (label 0), with their histories
-    popularity: np.ndarray  # (n_items,) training-positive counts
+    popularity: np.ndarray  # (n_items,) counts of all positives; `Split.popularity` counts training only
     profiles: dict[str, dict[str, str]]  # raw profile columns per raw user id (what a store holds)
 
     @classmethod
@@ -162,6 +162,7 @@ class Split:
     train: Examples  # positives (and real negatives) for training
     valid: Examples  # held-out positives (validation)
     test: Examples  # held-out positives (test)
+    popularity: np.ndarray  # (n_items,) training positives per item: no held-out click counts
 
 
 def leave_one_out(data: EncodedLog) -> Split:
@@ -179,20 +180,30 @@ def leave_one_out(data: EncodedLog) -> Split:
     # a real negative trains only if its history ends before the user's held-out positives
     limit = np.where(held, data.stop - 2, data.stop)[neg.user]
     train_neg = neg.subset(np.flatnonzero((neg.end <= limit) & (neg.end > data.start[neg.user])))
+    popularity = np.bincount(data.items[~is_heldout], minlength=data.n_items)  # first clicks included
     return Split(
-        Examples.concat([data.positives(train_rows), train_neg]), data.positives(valid_rows), data.positives(test_rows)
+        Examples.concat([data.positives(train_rows), train_neg]),
+        data.positives(valid_rows),
+        data.positives(test_rows),
+        popularity,
     )
 
 
 def sample_negatives(
-    data: EncodedLog, pos: Examples, n: int, rng: np.random.Generator, how: str = "uniform"
+    data: EncodedLog,
+    pos: Examples,
+    n: int,
+    rng: np.random.Generator,
+    how: str = "uniform",
+    popularity: np.ndarray | None = None,
 ) -> Examples:
     """`n` sampled negatives per positive, same history and time, target != the positive's item."""
     if n <= 0 or len(pos) == 0:
         return pos.subset(np.zeros(0, np.int64))
     reps = pos.subset(np.repeat(np.arange(len(pos)), n))
     if how == "popularity":
-        p = data.popularity[FIRST_ITEM:].astype(np.float64) + 1.0
+        counts = data.popularity if popularity is None else popularity
+        p = counts[FIRST_ITEM:].astype(np.float64) + 1.0
         draw = rng.choice(len(p), size=len(reps), p=p / p.sum()) + FIRST_ITEM
     else:
         draw = rng.integers(FIRST_ITEM, data.n_items, size=len(reps))

@@ -97,7 +97,7 @@ def epoch_examples(
     if cfg.real_negatives != "never":
         parts.append(train.subset(np.flatnonzero(train.label < 0.5)))
     if cfg.real_negatives != "only":
-        parts.append(sample_negatives(data, pos, cfg.negatives, rng, cfg.negative_sampling))
+        parts.append(sample_negatives(data, pos, cfg.negatives, rng, cfg.negative_sampling, split.popularity))
     if isinstance(model, BST) and epoch > 0 and cfg.hard_negatives > 0:
         parts.append(mine_hard_negatives(model, data, pos, cfg.hard_negatives, cfg.hard_pool, rng))
     return Examples.concat(parts)
@@ -252,7 +252,8 @@ def plot_curve(history: list[dict[str, Any]], path: Path, metric: str) -> None:
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
     ax[0].plot(epochs, [h["train_loss"] for h in history], marker="o")
     ax[0].set(title="training loss", xlabel="epoch")
-    ax[1].plot(epochs, [h[f"valid_{metric}"] for h in history], marker="o", label=metric)
+    if f"valid_{metric}" in history[0] and metric != "auc":
+        ax[1].plot(epochs, [h[f"valid_{metric}"] for h in history], marker="o", label=metric)
     ax[1].plot(epochs, [h["valid_auc"] for h in history], marker="s", label="auc")
     ax[1].set(title="validation", xlabel="epoch")
     ax[1].legend()

@@ -1,0 +1,129 @@
+"""Ranking alone: the reference `BST.score` against the fast single-pass scorer (fp32 and bf16).
+
+    python -m bench.rank [--candidates 100,500,2000] [--threads 1] [--repeats 50] [--json OUT]
+
+The model has the paper's shape (1 block, d=64, 8 heads, 20 behaviors, MLP 1024-512-256) over a
+100k-item catalog with random weights: speed does not depend on training. One request = one user's
+history and C candidates. Reported: p50/p99 latency per request, speed-up against the reference
+measured in the same run, achieved GFLOP/s of the fast path (its matmul FLOPs counted analytically),
+and this machine's matmul peak (a 1024x1024 GEMM) measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from recsys.fast import FastScorer
+from recsys.model import BST, History, ModelConfig
+
+
+def timeit(fn: Callable[[], object], repeats: int, warmup: int = 3) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    out = np.empty(repeats)
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out[i] = time.perf_counter() - t0
+    return out * 1e3  # ms
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 20) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    ms = np.median(timeit(lambda: a @ b, repeats))
+    return 2 * n**3 / (ms / 1e3) / 1e9
+
+
+def fast_flops(cfg: ModelConfig, L: int, C: int) -> float:
+    """Multiply-add FLOPs of the fast path for one request (matmuls only)."""
+    d, h1 = cfg.d_model, cfg.mlp_dims[0]
+    history = L * 3 * d * d  # the behaviors' q/k/v (once per request)
+    per_cand = 3 * d * d + 2 * (L + 1) * d + d * d + 2 * cfg.ffn_mult * d * d  # qkv, attention, proj, ffn
+    dims = [*cfg.mlp_dims, 1]
+    per_cand += (2 * d + 1) * h1 + sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
+    return 2.0 * (history + C * per_cand)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.rank", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--candidates", default="100,500,2000")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_items=100_002, side_sizes=(1002,), side_widths=(1,), user_sizes=(10, 5))
+    model = BST(cfg).eval()
+    gen = torch.Generator().manual_seed(0)
+    T = cfg.retrieval_len
+    items = torch.randint(2, cfg.n_items, (1, T), generator=gen)
+    hist = History(
+        items,
+        torch.randint(2, cfg.n_positions, (1, T), generator=gen),
+        torch.ones(1, T, dtype=torch.long),
+        torch.tensor([[3, 2]]),
+        torch.tensor([[5, 2]]),
+    )
+    fast32 = FastScorer(model)
+    fast16 = FastScorer(copy.deepcopy(model).to(torch.bfloat16))
+    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    rows = []
+    for C in (int(c) for c in args.candidates.split(",")):
+        cands = torch.randint(2, cfg.n_items, (1, C), generator=gen)
+        with torch.inference_mode():
+            ref = timeit(lambda cands=cands: model.score(hist, cands), max(5, args.repeats // 5))
+            f32 = timeit(lambda cands=cands: fast32.score(hist, cands), args.repeats)
+            f16 = timeit(lambda cands=cands: fast16.score(hist, cands), args.repeats)
+            gap = (fast16.score(hist, cands).float().sigmoid() - model.score(hist, cands).sigmoid()).abs().max()
+        flops = fast_flops(cfg, cfg.max_len, C)
+        rows.append(
+            {
+                "candidates": C,
+                "reference_p50_ms": float(np.median(ref)),
+                "reference_p99_ms": float(np.percentile(ref, 99)),
+                "fast_fp32_p50_ms": float(np.median(f32)),
+                "fast_fp32_p99_ms": float(np.percentile(f32, 99)),
+                "fast_bf16_p50_ms": float(np.median(f16)),
+                "fast_bf16_p99_ms": float(np.percentile(f16, 99)),
+                "speedup_fp32": float(np.median(ref) / np.median(f32)),
+                "speedup_bf16": float(np.median(ref) / np.median(f16)),
+                "fast_fp32_gflops": flops / (np.median(f32) / 1e3) / 1e9,
+                "fast_bf16_gflops": flops / (np.median(f16) / 1e3) / 1e9,
+                "bf16_max_prob_gap": float(gap),
+            }
+        )
+    print(
+        f"BST ranking, one request (1 user, {cfg.max_len} behaviors, d={cfg.d_model}, MLP {cfg.mlp_dims}), "
+        f"{args.threads} thread(s); matmul peak fp32 {peak32:.1f} GFLOP/s, bf16 {peak16:.1f} GFLOP/s"
+    )
+    print(
+        "| candidates | reference p50 / p99 ms | fast fp32 p50 / p99 ms | fast bf16 p50 / p99 ms "
+        "| speed-up fp32 / bf16 | GFLOP/s fp32 / bf16 | bf16 max prob gap |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['candidates']} | {r['reference_p50_ms']:.2f} / {r['reference_p99_ms']:.2f} "
+            f"| {r['fast_fp32_p50_ms']:.2f} / {r['fast_fp32_p99_ms']:.2f} "
+            f"| {r['fast_bf16_p50_ms']:.2f} / {r['fast_bf16_p99_ms']:.2f} "
+            f"| {r['speedup_fp32']:.1f}x / {r['speedup_bf16']:.1f}x "
+            f"| {r['fast_fp32_gflops']:.1f} / {r['fast_bf16_gflops']:.1f} | {r['bf16_max_prob_gap']:.4f} |"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {"threads": args.threads, "peak_gflops": {"fp32": peak32, "bf16": peak16}, "rows": rows}, f, indent=1
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

