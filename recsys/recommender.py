@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 MAX_K = 1000  # Recommend: 1 <= k <= MAX_K
 MAX_RANK_ITEMS = 10_000  # Rank: at most this many item ids per request
 DEFAULT_RETRIEVAL_DEPTH = 200  # candidates retrieved and ranked per request
+MAX_RETRIEVAL_DEPTH = 2000  # a request may ask for k..MAX_RETRIEVAL_DEPTH candidates
+MAX_FILTER_ITEMS = 10_000  # allow- and deny-lists: at most this many item ids each
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,28 @@ class Recommendation:
     personalised: bool
     model_version: str
     reason: str  # "personalised" | "cold_start"
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which items a request may get, beyond the user's seen items.
+
+    `allow`: if not None, only these raw item ids (retrieval is skipped; every allowed item is ranked).
+    `deny`: never these. `unavailable`: the store's catalogue-wide unavailable set, also never.
+    Ids the model does not know can be neither ranked nor recommended, so they have no effect.
+    """
+
+    allow: Sequence[str] | None = None
+    deny: Sequence[str] = ()
+    unavailable: frozenset[str] | set[str] = frozenset()
+
+    def validate(self) -> None:
+        for name, ids in (("allow_item_ids", self.allow or ()), ("deny_item_ids", self.deny)):
+            if len(ids) > MAX_FILTER_ITEMS:
+                raise InvalidArgument(f"{name} has {len(ids)} ids; fix: pass at most {MAX_FILTER_ITEMS}")
+
+
+NO_FILTERS = Filters()
 
 
 class Recommender:
@@ -96,24 +120,36 @@ class Recommender:
         exclude_seen: bool = True,
         now: float | Sequence[float] | None = None,
         depth: int | None = None,
+        filters: Filters = NO_FILTERS,
     ) -> list[Recommendation]:
+        """Top-k per user. `depth`: candidates retrieved for the ranker (None = the default; k..2000).
+        `filters` apply to every user of the batch; seen items are excluded per user."""
         if not 1 <= k <= MAX_K:
             raise InvalidArgument(f"k={k} is out of range; fix: ask for 1 <= k <= {MAX_K}")
+        if depth is not None and not k <= depth <= MAX_RETRIEVAL_DEPTH:
+            raise InvalidArgument(
+                f"retrieval_depth={depth} is out of range; fix: ask for k ({k}) <= retrieval_depth <= "
+                f"{MAX_RETRIEVAL_DEPTH}, or 0 for the server default ({self.retrieval_depth})"
+            )
+        filters.validate()
         depth = max(k, depth or self.retrieval_depth)
         times = np.broadcast_to(np.asarray(now if now is not None else _now(), dtype=np.float64), (len(users),))
         seen = [self._seen(u) for u in users]
+        blocked = self._lookup_known([*filters.deny, *filters.unavailable])
+        allow = None if filters.allow is None else np.setdiff1d(self._lookup_known(filters.allow), blocked)
+        excluded = [np.union1d(s, blocked) if exclude_seen else blocked for s in seen]
         personal = [i for i, s in enumerate(seen) if len(s)]
         out: list[Recommendation | None] = [None] * len(users)
         if personal:
             ranked = self._retrieve_and_rank(
-                [users[i] for i in personal], [seen[i] for i in personal], k, depth, exclude_seen, times[personal]
+                [users[i] for i in personal], [excluded[i] for i in personal], k, depth, allow, times[personal]
             )
             for i, (idx, scores) in zip(personal, ranked, strict=True):
-                out[i] = self._answer(idx, scores, seen[i], k, exclude_seen, "personalised")
+                out[i] = self._answer(idx, scores, excluded[i], allow, k, "personalised")
         for i, rec in enumerate(out):
             if rec is None:
                 out[i] = self._answer(
-                    np.zeros(0, np.int64), np.zeros(0, np.float32), seen[i], k, exclude_seen, "cold_start"
+                    np.zeros(0, np.int64), np.zeros(0, np.float32), excluded[i], allow, k, "cold_start"
                 )
         return [r for r in out if r is not None]
 
@@ -153,6 +189,13 @@ class Recommender:
 
     # -- internals -------------------------------------------------------------------------------
 
+    def _lookup_known(self, item_ids: Sequence[str] | set[str] | frozenset[str]) -> np.ndarray:
+        """Sorted unique indices of the ids the model knows; unknown ids are dropped (see Filters)."""
+        if not item_ids:
+            return np.zeros(0, np.int64)
+        idx = self.featurizer.items.lookup(list(item_ids))
+        return np.unique(idx[idx >= FIRST_ITEM])
+
     def _seen(self, user: UserState) -> np.ndarray:
         if not user.history:
             return np.zeros(0, np.int64)
@@ -162,40 +205,46 @@ class Recommender:
     def _retrieve_and_rank(
         self,
         users: Sequence[UserState],
-        seen: list[np.ndarray],
+        excluded: list[np.ndarray],
         k: int,
         depth: int,
-        exclude_seen: bool,
+        allow: np.ndarray | None,
         now: np.ndarray,
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         hist = self.featurizer.encode_states(users, now)
         with torch.inference_mode():
             user = self.model.encode_user(hist)  # (B, d)
-        queries = user.float().numpy()
-        extra = max(len(s) for s in seen) if exclude_seen else 0
-        _, found = self.retriever.search(queries, depth + extra)
-        cands = np.zeros((len(users), depth), dtype=np.int64)
-        for b, row in enumerate(found):
-            row = row[row >= FIRST_ITEM]
-            if exclude_seen:
-                row = row[~np.isin(row, seen[b])]
-            row = row[:depth]
+        if allow is not None:  # rank exactly the allowed items, minus each user's exclusions
+            rows = [allow[~np.isin(allow, ex)] for ex in excluded]
+        else:  # over-fetch by the excluded count so that `depth` candidates survive the filter
+            extra = max(len(ex) for ex in excluded)
+            _, found = self.retriever.search(user.float().numpy(), min(depth + extra, self.n_items))
+            rows = [r[(r >= FIRST_ITEM) & ~np.isin(r, ex)][:depth] for r, ex in zip(found, excluded, strict=True)]
+        width = max(1, max(len(r) for r in rows))
+        cands = np.zeros((len(users), width), dtype=np.int64)  # 0 = padding, masked below
+        for b, row in enumerate(rows):
             cands[b, : len(row)] = row
-        probs = torch.sigmoid(self.score(hist, torch.from_numpy(cands), user)).numpy()  # (B, depth)
+        probs = torch.sigmoid(self.score(hist, torch.from_numpy(cands), user)).numpy()  # (B, width)
         probs = np.where(cands >= FIRST_ITEM, probs, -np.inf)
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [(cands[b, order[b]], probs[b, order[b]]) for b in range(len(users))]
 
     def _answer(
-        self, idx: np.ndarray, scores: np.ndarray, seen: np.ndarray, k: int, exclude_seen: bool, reason: str
+        self,
+        idx: np.ndarray,
+        scores: np.ndarray,
+        excluded: np.ndarray,
+        allow: np.ndarray | None,
+        k: int,
+        reason: str,
     ) -> Recommendation:
         keep = np.isfinite(scores)
         idx, scores = idx[keep], scores[keep]
         if len(idx) < k:  # top up from the popular list (too few candidates, or a cold start)
             pop = self._popular_idx
-            mask = ~np.isin(pop, idx)
-            if exclude_seen:
-                mask &= ~np.isin(pop, seen)
+            mask = ~np.isin(pop, idx) & ~np.isin(pop, excluded)
+            if allow is not None:
+                mask &= np.isin(pop, allow)
             fill = np.flatnonzero(mask)[: k - len(idx)]
             # popularity shares (<= 1) scaled under the lowest ranked score: the list stays descending
             floor = float(scores.min()) if len(scores) else 1.0

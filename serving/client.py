@@ -68,9 +68,24 @@ class RecommenderClient:
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def recommend(
-        self, user_id: str, k: int = 10, exclude_seen: bool = True, request_time: float | None = None
+        self,
+        user_id: str,
+        k: int = 10,
+        exclude_seen: bool = True,
+        request_time: float | None = None,
+        *,
+        retrieval_depth: int = 0,
+        allow: Sequence[str] = (),
+        deny: Sequence[str] = (),
     ) -> pb.RecommendResponse:
-        request = pb.RecommendRequest(user_id=user_id, k=k, exclude_seen=exclude_seen)
+        request = pb.RecommendRequest(
+            user_id=user_id,
+            k=k,
+            exclude_seen=exclude_seen,
+            retrieval_depth=retrieval_depth,
+            allow_item_ids=list(allow),
+            deny_item_ids=list(deny),
+        )
         if request_time is not None:
             request.request_time_unix = request_time
         return self._stub.Recommend(request, timeout=self.timeout, metadata=self._metadata)
@@ -142,6 +157,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     rec.add_argument("--user", required=True)
     rec.add_argument("--k", type=int, default=10)
     rec.add_argument("--include-seen", action="store_true", help="allow items already in the history")
+    rec.add_argument("--depth", type=int, default=0, help="candidates to retrieve and rank (0 = server default)")
+    rec.add_argument("--allow", default="", help="comma-separated item ids: recommend only among these")
+    rec.add_argument("--deny", default="", help="comma-separated item ids: never recommend these")
 
     rank = sub.add_parser("rank", help="score given items for a user (printed best first)")
     rank.add_argument("--user", required=True)
@@ -162,12 +180,19 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _run(client: RecommenderClient, args: argparse.Namespace) -> str:
     if args.command == "recommend":
-        reply = client.recommend(args.user, k=args.k, exclude_seen=not args.include_seen)
+        reply = client.recommend(
+            args.user,
+            k=args.k,
+            exclude_seen=not args.include_seen,
+            retrieval_depth=args.depth,
+            allow=_ids(args.allow),
+            deny=_ids(args.deny),
+        )
         kind = "personalised" if reply.personalised else "not personalised"
         table = format_items([(it.item_id, it.score) for it in reply.items])
         return f"{table}\nmodel {reply.model_version}; {kind} ({reply.reason})"
     if args.command == "rank":
-        items = [s.strip() for s in args.items.split(",") if s.strip()]
+        items = _ids(args.items)
         ranked = client.rank(args.user, items)
         rows = sorted(zip(items, ranked.scores, strict=True), key=lambda r: r[1], reverse=True)
         return f"{format_items(rows)}\nmodel {ranked.model_version}" + (f" ({ranked.reason})" if ranked.reason else "")
@@ -185,6 +210,10 @@ def _run(client: RecommenderClient, args: argparse.Namespace) -> str:
     ]
     lines += [f"{name:<14} {value:.4f}" for name, value in sorted(info.metrics.items())]
     return "\n".join(lines)
+
+
+def _ids(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -113,12 +113,38 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ld.add_argument("--redis", required=True, help="redis://HOST:PORT/DB (the server's --features)")
     ld.add_argument("--max-history", type=int, default=DEFAULT_MAX_HISTORY, help="events kept per user")
     ld.add_argument("--no-progress", action="store_true", help="no progress bar")
+    un = sub.add_parser("unavailable", help="mark items as never to be recommended (or --clear them), or list them")
+    un.add_argument("items", nargs="*", help="raw item ids (none: list the unavailable items)")
+    un.add_argument("--redis", required=True, help="redis://HOST:PORT/DB (the server's --features)")
+    un.add_argument("--clear", action="store_true", help="mark the items available again")
     return p.parse_args(argv)
+
+
+def unavailable(store: RedisStore, items: Sequence[str], clear: bool) -> str:
+    for item in items:
+        store.set_unavailable(item, not clear)
+    listed = sorted(store.unavailable_items())
+    return (
+        f"{len(listed)} unavailable item(s)"
+        + (": " + ", ".join(listed[:20]) if listed else "")
+        + (" ..." if len(listed) > 20 else "")
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "unavailable":
+        try:
+            store = open_redis(args.redis, DEFAULT_MAX_HISTORY)
+            try:
+                print(unavailable(store, args.items, args.clear))
+            finally:
+                store.close()
+        except RecsysError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return err.exit_code
+        return 0
     try:
         store = open_redis(args.redis, args.max_history)
         try:

@@ -30,9 +30,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from recsys.data import KNOWN_EVENTS
 from recsys.errors import InvalidArgument, Unavailable
 from recsys.features import DEFAULT_EVENT, Event, FeatureStore, UserState
-from recsys.recommender import Recommendation, Recommender
+from recsys.recommender import Filters, Recommendation, Recommender
 from serving.cache import UserStateCache
 from serving.metrics import Metrics
 
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 MAX_ID_LENGTH = 256  # user and item ids; longer ones are almost certainly a client bug (or abuse)
 MAX_EVENT_LENGTH = 64  # event type names ("click", "cart", ...)
 MAX_EVENTS_PER_REQUEST = 1000  # one RecordEvents call; bigger backfills go through the bulk loader
+UNAVAILABLE_TTL_S = 1.0  # the store's unavailable-items set is re-read at most this often (not per request)
 DEGRADED_LOG_EVERY_S = 10.0  # while the store is down, one warning per this many seconds, not one per request
 
 
@@ -89,6 +91,9 @@ class RecommendationService:
         self._degraded_lock = threading.Lock()
         self._degraded_logged_at = -math.inf
         self._degraded_since_log = 0
+        self._unavailable: frozenset[str] = frozenset()
+        self._unavailable_read_at = -math.inf
+        self._unavailable_lock = threading.Lock()
 
     @property
     def recommender(self) -> Recommender:
@@ -109,14 +114,29 @@ class RecommendationService:
             self._metrics.set_model(recommender.version, recommender.created_at)
         return old
 
-    def recommend(self, user_id: str, k: int, exclude_seen: bool = True, now: float | None = None) -> Recommendation:
-        """The k best items for the user. `k` is checked by the recommender (1..MAX_K)."""
+    def recommend(
+        self,
+        user_id: str,
+        k: int,
+        exclude_seen: bool = True,
+        now: float | None = None,
+        *,
+        depth: int | None = None,
+        allow: Sequence[str] | None = None,
+        deny: Sequence[str] = (),
+    ) -> Recommendation:
+        """The k best items for the user. `k`, `depth` and the list sizes are checked by the recommender.
+
+        Never recommended: seen items (unless `exclude_seen` is false), `deny`, and the store's
+        unavailable items (read at most every UNAVAILABLE_TTL_S). With `allow`, only those items.
+        """
         model = self._recommender  # captured once: a concurrent swap does not affect this request
         _check_user_id(user_id)
         at = self._resolve_now(now)
+        filters = Filters(allow=allow, deny=deny, unavailable=self._unavailable_items())
         user, degraded = self._read_user(user_id, "Recommend")
         with self._metrics.stage("Recommend", "retrieval_and_ranking"):
-            rec = model.recommend(user, k, exclude_seen=exclude_seen, now=at)
+            rec = model.recommend_batch([user], k, exclude_seen, at, depth, filters)[0]
         return dataclasses.replace(rec, reason=degraded) if degraded else rec
 
     def rank(self, user_id: str, item_ids: Sequence[str], now: float | None = None) -> Ranking:
@@ -182,6 +202,20 @@ class RecommendationService:
         self._cache.put(user_id, state)
         return state, ""
 
+    def _unavailable_items(self) -> frozenset[str]:
+        """The store's unavailable set, re-read at most every UNAVAILABLE_TTL_S; the last copy while
+        the store is down (the user read that follows reports the outage)."""
+        if time.monotonic() - self._unavailable_read_at < UNAVAILABLE_TTL_S:
+            return self._unavailable
+        with self._unavailable_lock:
+            if time.monotonic() - self._unavailable_read_at >= UNAVAILABLE_TTL_S:
+                try:
+                    self._unavailable = frozenset(self._store.unavailable_items())
+                except Unavailable:
+                    pass
+                self._unavailable_read_at = time.monotonic()
+        return self._unavailable
+
     def _log_degraded(self, err: Unavailable) -> None:
         """One warning per DEGRADED_LOG_EVERY_S while the store is down (the metric counts every answer)."""
         with self._degraded_lock:
@@ -229,10 +263,11 @@ def _clean_event(i: int, event: Event, now: float) -> Event:
         raise InvalidArgument(
             f"{where}.timestamp_unix: {ts!r} is not a valid time; fix: send epoch seconds >= 0 (0 means now)"
         )
-    if len(event.event) > MAX_EVENT_LENGTH:
+    kind = event.event.strip().lower() or DEFAULT_EVENT
+    if kind not in KNOWN_EVENTS:  # the exported stream must retrain: recsys.data accepts only these
+        shown = event.event[:MAX_EVENT_LENGTH] + ("..." if len(event.event) > MAX_EVENT_LENGTH else "")
         raise InvalidArgument(
-            f"{where}.event: {len(event.event)} characters; fix: send an event type such as "
-            f"'click' of at most {MAX_EVENT_LENGTH} characters"
+            f"{where}.event: {shown!r} is not a known event type; fix: send one of {list(KNOWN_EVENTS)}"
         )
     if len(event.event_id) > MAX_ID_LENGTH:
         raise InvalidArgument(
@@ -240,4 +275,4 @@ def _clean_event(i: int, event: Event, now: float) -> Event:
             f"{MAX_ID_LENGTH} characters, or none"
         )
     timestamp = float(ts) if ts > 0 else now
-    return dataclasses.replace(event, timestamp=timestamp, event=event.event or DEFAULT_EVENT)
+    return dataclasses.replace(event, timestamp=timestamp, event=kind)

@@ -81,6 +81,7 @@ def test_invalid_requests_name_the_field_and_the_server_stays_up(trained, server
             (lambda: client.rank("u00001", ["i00001", "no-such-item"]), grpc.StatusCode.NOT_FOUND, "item_ids"),
             (lambda: client.rank("u00001", []), grpc.StatusCode.INVALID_ARGUMENT, "item_ids"),
             (lambda: client.record("u00001", [("", 1.0, "click")]), grpc.StatusCode.INVALID_ARGUMENT, "item_id"),
+            (lambda: client.record("u00001", [("i1", 1.0, "teleport")]), grpc.StatusCode.INVALID_ARGUMENT, "event"),
         ]
         for call, code, field in cases:
             with pytest.raises(grpc.RpcError) as err:
@@ -142,3 +143,47 @@ def test_unknown_format_version_is_refused(trained, tmp_path: Path) -> None:
     (bad / "manifest.json").write_text(manifest)
     with pytest.raises(ArtifactError, match="format_version 99 is not supported"):
         Recommender.load(bad)
+
+
+def test_recommend_filters_allow_deny_unavailable_and_depth(trained, redis_proc, server_factory) -> None:
+    """Deny-list, the store's unavailable items and the allow-list hold for personalised answers and
+    for popularity fill-ins alike; the retrieval depth is bounded with INVALID_ARGUMENT."""
+    url = redis_url(redis_proc)
+    server = server_factory(trained.artifact, url)
+    user = "e2e-filters"
+    with RecommenderClient(server.target) as client:
+        now = time.time()
+        base = client.recommend("e2e-cold", k=20)
+        client.record(user, [(base.items[0].item_id, now - 10, "click"), (base.items[1].item_id, now, "click")])
+        plain = [it.item_id for it in client.recommend(user, k=20).items]
+
+        denied = client.recommend(user, k=20, deny=plain[:5])
+        got = [it.item_id for it in denied.items]
+        assert len(got) == 20 and not set(got) & set(plain[:5])
+        assert got[:15] == plain[5:], "denying items must not reorder the others"
+
+        # marked unavailable in the store: gone from every answer (cold start too) within the refresh
+        r = redis.Redis(host=redis_proc.host, port=redis_proc.port)
+        r.sadd("recsys:items:unavailable", plain[0], base.items[2].item_id)
+        time.sleep(1.2)  # serving.service.UNAVAILABLE_TTL_S
+        assert plain[0] not in [it.item_id for it in client.recommend(user, k=20).items]
+        assert base.items[2].item_id not in [it.item_id for it in client.recommend("e2e-cold", k=20).items]
+        r.delete("recsys:items:unavailable")
+
+        allow = [*plain[10:14], base.items[0].item_id, "not-in-the-catalogue"]
+        allowed = client.recommend(user, k=10, allow=allow)
+        assert [it.item_id for it in allowed.items] and {it.item_id for it in allowed.items} <= set(plain[10:14])
+        assert allowed.personalised and len(allowed.items) == 4, "seen and unknown allowed ids are left out"
+        cold_allowed = client.recommend("e2e-cold", k=3, allow=plain[10:14])
+        assert {it.item_id for it in cold_allowed.items} <= set(plain[10:14]) and len(cold_allowed.items) == 3
+
+        deep = client.recommend(user, k=10, retrieval_depth=150)
+        assert len(deep.items) == 10
+        for depth in (5, 2001):
+            with pytest.raises(grpc.RpcError) as err:
+                client.recommend(user, k=10, retrieval_depth=depth)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "retrieval_depth" in err.value.details() and "fix" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            client.recommend(user, k=10, deny=[f"x{i}" for i in range(10_001)])
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "deny_item_ids" in err.value.details()

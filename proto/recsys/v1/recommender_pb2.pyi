@@ -7,16 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "k", "exclude_seen", "request_time_unix")
+    __slots__ = ("user_id", "k", "exclude_seen", "request_time_unix", "retrieval_depth", "allow_item_ids", "deny_item_ids")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
     REQUEST_TIME_UNIX_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVAL_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    DENY_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     k: int
     exclude_seen: bool
     request_time_unix: float
-    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., request_time_unix: _Optional[float] = ...) -> None: ...
+    retrieval_depth: int
+    allow_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    deny_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_id: _Optional[str] = ..., k: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., request_time_unix: _Optional[float] = ..., retrieval_depth: _Optional[int] = ..., allow_item_ids: _Optional[_Iterable[str]] = ..., deny_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScoredItem(_message.Message):
     __slots__ = ("item_id", "score")
