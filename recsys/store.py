@@ -615,6 +615,18 @@ class RedisStore:
         with self._errors():
             return set(self.client().smembers(f"{self.prefix}items:unavailable"))  # type: ignore[arg-type]
 
+    def read_events(self, after: str = "0-0", count: int = 10_000) -> list[tuple[str, dict[str, str]]]:
+        """Up to `count` entries of the events stream strictly after stream id `after`, oldest first:
+        (stream id, fields). Page with the last id returned; an empty list means caught up."""
+        with self._errors():
+            return list(self.client().xrange(self.stream_key, min=f"({after}", max="+", count=count))  # type: ignore[arg-type]
+
+    def trim_events(self, upto: str) -> int:
+        """Delete stream entries with ids <= `upto` (after an export made them durable elsewhere)."""
+        ms, _, seq = upto.partition("-")
+        with self._errors():
+            return int(self.client().xtrim(self.stream_key, minid=f"{ms}-{int(seq or 0) + 1}", approximate=False))
+
     def ping(self) -> None:
         """Raise `Unavailable` unless Redis answers (for readiness checks)."""
         with self._errors():
