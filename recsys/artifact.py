@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from recsys.batch import Featurizer
 from recsys.config import from_dict, to_dict
 from recsys.errors import ArtifactError
-from recsys.index import FaissRetriever
+from recsys.index import FaissRetriever, IndexConfig
 from recsys.model import BST, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,13 @@ def save(
     extra: dict[str, Any] | None = None,
     version: str | None = None,
     make_latest: bool = True,
+    index_config: IndexConfig | None = None,
+    queries: np.ndarray | None = None,
 ) -> Path:
-    """Write a new version under `root` (atomically) and, by default, point LATEST at it."""
+    """Write a new version under `root` (atomically) and, by default, point LATEST at it.
+
+    `index_config` picks the FAISS index (default: by catalogue size); `queries` (users' vectors)
+    drive its build-time recall check, whose result the manifest's "index" entry records."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     version = version or new_version()
@@ -110,7 +115,7 @@ def save(
         with torch.no_grad():
             vectors = model.item_vectors().float().cpu().numpy()
         save_numpy({"item_vectors": vectors}, str(tmp / "item_vectors.safetensors"))
-        index = FaissRetriever.build(vectors)
+        index = FaissRetriever.build(vectors, index_config, queries)
         index.save(tmp / "index.faiss")
         (tmp / "popular.json").write_text(json.dumps([[int(i), float(s)] for i, s in popular]))
         seed.to_parquet(tmp / "seed.parquet", index=False)
@@ -120,7 +125,7 @@ def save(
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "model_config": to_dict(model.cfg),
             "catalog_size": len(featurizer.items) - 2,
-            "index": {"kind": index.kind, "metric": "inner_product", "vectors": int(index.index.ntotal)},
+            "index": index.info,
             "data": data_summary,
             "metrics": metrics,
             **(extra or {}),

@@ -15,7 +15,7 @@ from recsys import artifact
 from recsys.batch import time_bucket
 from recsys.errors import ArtifactError
 from recsys.features import Event, UserState
-from recsys.index import ExactRetriever, FaissRetriever
+from recsys.index import ExactRetriever, FaissRetriever, IndexConfig, recall_at
 from recsys.recommender import Recommender
 
 
@@ -38,6 +38,34 @@ def test_faiss_equals_brute_force(seed: int) -> None:
     assert i1.min() >= 2  # padding and unknown rows are never returned
     s3, i3 = FaissRetriever.build(vectors[:5]).search(queries, 10)  # fewer items than k
     assert (i3[:, 3:] == -1).all() and np.isneginf(s3[:, 3:]).all()
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_indexes_measure_their_recall_against_exact_search(kind: str, tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(50, 32))
+    vectors = (centers[rng.integers(0, 50, 6000)] + 0.3 * rng.normal(size=(6000, 32))).astype(np.float32)
+    queries = rng.normal(size=(200, 32)).astype(np.float32)
+    built = FaissRetriever.build(vectors, IndexConfig(kind=kind, ivf_nprobe=16), queries)
+    assert built.info["kind"] == {"hnsw": "IndexHNSWFlat", "ivf": "IndexIVFFlat"}[kind]
+    measured = recall_at(built, ExactRetriever(vectors), queries, 100)
+    assert built.info["recall@100"] == pytest.approx(measured, abs=1e-4)
+    assert 0.8 <= measured <= 1.0, built.info  # random queries off the data: a hard case; see bench.retrieval
+    _, found = built.search(queries, 100)
+    assert found.min() >= 2  # padding and unknown rows are never indexed
+    built.save(tmp_path / "index.faiss")  # search parameters survive the round trip
+    again = FaissRetriever.load(tmp_path / "index.faiss", len(vectors))
+    np.testing.assert_array_equal(again.search(queries, 100)[1], found)
+
+
+def test_auto_index_is_exact_for_small_catalogues_and_ivf_above_the_threshold() -> None:
+    vectors = np.random.default_rng(1).normal(size=(300, 8)).astype(np.float32)
+    assert FaissRetriever.build(vectors).info == {
+        **FaissRetriever.build(vectors).info,
+        "kind": "IndexFlatIP",
+        "recall@100": 1.0,
+    }
+    assert FaissRetriever.build(vectors, IndexConfig(exact_below=200)).info["kind"] == "IndexIVFFlat"
 
 
 def test_artifact_round_trip_and_latest_pointer(trained) -> None:

@@ -66,6 +66,17 @@ def batched(n: int, size: int) -> list[slice]:
 
 
 @torch.inference_mode()
+def user_vectors(model: BST, data: EncodedLog, ex: Examples, limit: int = 1000) -> np.ndarray:
+    """Retrieval-head user vectors (n, d) of the first `limit` examples: realistic FAISS queries."""
+    model.eval()
+    part = ex.subset(np.arange(min(limit, len(ex))))
+    if len(part) == 0:
+        return np.zeros((0, model.cfg.d_model), np.float32)
+    batch = data.batch(part)
+    return model.encode_user(History(*(batch[f] for f in History._fields))).float().numpy()  # (n, d)
+
+
+@torch.inference_mode()
 def retrieval_ranks(model: BST, data: EncodedLog, ex: Examples, batch_size: int = 512) -> np.ndarray:
     """Full ranking by the retrieval head (user vector . item vectors)."""
     model.eval()

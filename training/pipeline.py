@@ -17,11 +17,19 @@ from recsys import artifact
 from recsys.batch import Featurizer
 from recsys.config import apply_overrides, check_prefixes, to_dict
 from recsys.data import ClickLog
-from recsys.index import FIRST_ITEM
+from recsys.index import FIRST_ITEM, IndexConfig
 from recsys.model import BST, ModelConfig
 from recsys.recommender import Recommender
 from training.dataset import EncodedLog, Split, leave_one_out, sample_negatives
-from training.evaluate import ctr_logits, ctr_metrics, rank_metrics, retrieval_ranks, score_ranks, served_ranks
+from training.evaluate import (
+    ctr_logits,
+    ctr_metrics,
+    rank_metrics,
+    retrieval_ranks,
+    score_ranks,
+    served_ranks,
+    user_vectors,
+)
 from training.trainer import FitResult, TrainConfig, fit
 
 log = logging.getLogger(__name__)
@@ -40,7 +48,7 @@ class TrainReport:
 
 
 def configs(overrides: list[str]) -> tuple[ModelConfig, TrainConfig]:
-    check_prefixes(overrides, ("model", "train"))
+    check_prefixes(overrides, ("model", "train", "index"))
     model_cfg = apply_overrides(ModelConfig(n_items=2), overrides, "model")
     return model_cfg, apply_overrides(TrainConfig(), overrides, "train")
 
@@ -115,6 +123,8 @@ def train_and_export(
         data.seed_frame(SEED_HISTORY),
         summary,
         {f"valid_{k}": v for k, v in result.best_metrics.items()},
+        index_config=apply_overrides(IndexConfig(), overrides or [], "index"),
+        queries=user_vectors(model, data, split.valid, IndexConfig().recall_queries),
         extra={
             "train_config": to_dict(train_cfg),
             "train_seconds": round(result.seconds, 1),
