@@ -35,6 +35,7 @@ ENV_PREFIX = "RECSYS_"
 CONFIG_ENV = "RECSYS_CONFIG"  # path of a TOML file, when --config is not given
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
+SCORERS = ("fast", "reference")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class ServerConfig:
     tls_key: str = ""  # PEM private key for tls_cert
     log_level: str = "INFO"  # DEBUG adds one line per request
     log_format: str = "text"  # "json": every log line is one JSON object (request lines carry their fields)
+    # "fast": single-pass candidate scoring (recsys.fast); "reference": the model's plain `score`, the
+    # naive baseline bench/serve.py measures against. Both give the same scores (tests/test_fast.py).
+    scorer: str = "fast"
 
     def __post_init__(self) -> None:
         tokens = (*self.write_tokens, *self.read_tokens)
@@ -85,6 +89,7 @@ class ServerConfig:
             ("reload_interval", self.reload_interval >= 0, "use >= 0 seconds (0 disables polling)"),
             ("log_level", self.log_level in LOG_LEVELS, f"use one of {', '.join(LOG_LEVELS)}"),
             ("log_format", self.log_format in LOG_FORMATS, f"use one of {', '.join(LOG_FORMATS)}"),
+            ("scorer", self.scorer in SCORERS, f"use one of {', '.join(SCORERS)}"),
             ("tls_key", bool(self.tls_cert) == bool(self.tls_key), "pass both --tls-cert and --tls-key, or neither"),
         ]
         for name, ok, fix in checks:

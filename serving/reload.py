@@ -21,6 +21,7 @@ import logging
 import time
 from concurrent.futures import Executor
 from pathlib import Path
+from typing import Literal
 
 from recsys import artifact as artifact_format
 from recsys.errors import ArtifactError, InvalidArgument, RecsysError
@@ -52,9 +53,9 @@ def warm_up(model: Recommender) -> None:
     model.recommend(UserState(history=history), k=10, now=now)
 
 
-def load_and_warm(path: Path) -> Recommender:
+def load_and_warm(path: Path, scorer: Literal["fast", "reference"] = "fast") -> Recommender:
     """`Recommender.load` + `warm_up`; either failing is an `ArtifactError` naming the version."""
-    model = Recommender.load(path)
+    model = Recommender.load(path, scorer=scorer)
     try:
         warm_up(model)
     except Exception as err:  # any failure: a model that cannot answer must never be swapped in
@@ -66,7 +67,15 @@ def load_and_warm(path: Path) -> Recommender:
 
 
 class ModelReloader:
-    def __init__(self, service: RecommendationService, artifact: str | Path, executor: Executor, metrics: Metrics):
+    def __init__(
+        self,
+        service: RecommendationService,
+        artifact: str | Path,
+        executor: Executor,
+        metrics: Metrics,
+        scorer: Literal["fast", "reference"] = "fast",
+    ):
+        self._scorer: Literal["fast", "reference"] = scorer
         self._service = service
         self._executor = executor
         self._metrics = metrics
@@ -85,7 +94,7 @@ class ModelReloader:
                     self._metrics.reloads.labels(result="unchanged").inc()
                     return current.version, False
                 loop = asyncio.get_running_loop()
-                model = await loop.run_in_executor(self._executor, load_and_warm, target)
+                model = await loop.run_in_executor(self._executor, load_and_warm, target, self._scorer)
             except ArtifactError as err:
                 self._metrics.reloads.labels(result="failed").inc()
                 logger.error("model reload refused; still serving %s: %s", current.version, err)

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import grpc
@@ -100,6 +100,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             request.k,
             exclude_seen=request.exclude_seen if request.HasField("exclude_seen") else True,
             now=request.request_time_unix if request.HasField("request_time_unix") else None,
+            depth=request.retrieval_depth or None,
+            allow=list(request.allow_item_ids) or None,
+            deny=list(request.deny_item_ids),
         )
         with self._metrics.stage("Recommend", "serialization"):
             return pb.RecommendResponse(
@@ -231,14 +234,15 @@ async def build_server(config: ServerConfig) -> App:
     executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="recsys-worker")
     try:
         credentials = _server_credentials(config)
-        recommender = await asyncio.to_thread(load_and_warm, Path(config.artifact))
+        scorer: Literal["fast", "reference"] = "reference" if config.scorer == "reference" else "fast"
+        recommender = await asyncio.to_thread(load_and_warm, Path(config.artifact), scorer)
         if urlsplit(config.features).scheme == "memory":
             users = await asyncio.to_thread(_seed, store, recommender)
             logger.info("seeded memory:// store with %d users from the artifact's training log", users)
         metrics = Metrics()
         cache = UserStateCache(config.cache_size, config.cache_ttl)
         service = RecommendationService(recommender, store, cache=cache, metrics=metrics)
-        reloader = ModelReloader(service, config.artifact, executor, metrics)
+        reloader = ModelReloader(service, config.artifact, executor, metrics, scorer)
         guard = GuardInterceptor(
             config.max_concurrent, config.write_tokens, config.read_tokens, config.require_read_token
         )

@@ -1,0 +1,379 @@
+"""End-to-end serving benchmark: the real server over loopback gRPC against a real Redis.
+
+    python -m bench.serve [--items 100000] [--candidates 500] [--levels 1,4,16] [--rate 100] [--json OUT]
+
+No arguments needed: it starts its own throwaway `redis-server` and servers, and cleans up after.
+
+1. Builds a catalogue of `--items` items and `--users` users with the synthetic generator, and
+   exports an artifact with the production code (`recsys.artifact.save`; the FAISS index the catalogue
+   size calls for). Weights are freshly initialised, not trained: latency does not depend on them,
+   and training a 100k-item model would dominate the run. Quality is `bench/quality.py`'s job.
+2. Bulk-loads the users' histories into Redis with `python -m serving.features load`.
+3. Starts `python -m serving` (fast scorer, user-state cache) and drives Recommend from this process
+   (a grpc.aio client; a separate process from the server) with `--candidates` candidates retrieved
+   and ranked per request and the top 10 returned, for `--requests` requests at each concurrency
+   level, then open-loop at a fixed offered rate (latency counted from each request's scheduled
+   send time, so a stall is not hidden by the client waiting).
+4. Restarts the server as the naive baseline: the reference `score` (fp32, no single-pass scoring)
+   and no user-state cache, and drives it the same way.
+5. Prints p50/p95/p99, throughput and errors per level for both, their p50 ratio, the per-stage
+   breakdown from the server's own Prometheus histograms, and saves a latency plot (PNG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from proto.recsys.v1 import recommender_pb2 as pb
+from proto.recsys.v1 import recommender_pb2_grpc as pb_grpc
+
+log = logging.getLogger("bench.serve")
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("queue", "feature_fetch", "retrieval_and_ranking", "serialization")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------------------------ setup
+
+
+def build_artifact(work: Path, items: int, users: int, events: float, seed: int) -> tuple[Path, Path, list[str]]:
+    """A synthetic log (written as Parquet) and an artifact over its catalogue; returns (artifact, log, users)."""
+    import torch
+
+    from recsys import artifact
+    from recsys.data import load_log
+    from training import synth
+    from training.dataset import EncodedLog
+    from training.pipeline import SEED_HISTORY, build_model, configs, popular_list
+
+    cfg = synth.SynthConfig(
+        n_users=users,
+        n_items=items,
+        n_categories=max(5, min(200, items // 50)),
+        n_brands=max(10, min(1000, items // 10)),
+        events_per_user=events,
+        seed=seed,
+    )
+    paths = synth.write(cfg, work / "log")
+    clog = load_log(paths["clicks"], paths["items"], paths["users"])
+    model_cfg, _ = configs([])
+    torch.manual_seed(seed)
+    model, feats = build_model(clog, model_cfg)
+    data = EncodedLog.build(clog, feats)
+    path = artifact.save(
+        work / "artifacts",
+        model,
+        feats,
+        popular_list(data.popularity),
+        data.seed_frame(SEED_HISTORY),
+        {**clog.summary(), "note": "bench.serve: untrained weights (speed only)"},
+        {},
+    )
+    return path, paths["clicks"], sorted(clog.events["user_id"].unique().tolist())
+
+
+@contextlib.contextmanager
+def redis_server(work: Path) -> Iterator[str]:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise SystemExit("error: redis-server not found; fix: apt-get install -y redis-server (or make test once)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(work)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@dataclasses.dataclass
+class Server:
+    proc: subprocess.Popen[str]
+    target: str
+    metrics_url: str
+    log_path: Path
+
+
+@contextlib.contextmanager
+def server(artifact: Path, features: str, work: Path, name: str, extra: list[str]) -> Iterator[Server]:
+    port, mport = free_port(), free_port()
+    log_path = work / f"server-{name}.log"
+    cmd = [sys.executable, "-m", "serving", "--artifact", str(artifact), "--features", features]
+    cmd += ["--port", str(port), "--metrics-port", str(mport), "--reload-interval", "0", *extra]
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
+    s = Server(proc, f"127.0.0.1:{port}", f"http://127.0.0.1:{mport}/metrics", log_path)
+    try:
+        wait_ready(s)
+        yield s
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def wait_ready(s: Server, timeout: float = 180.0) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if s.proc.poll() is not None:
+            raise SystemExit(f"error: the server exited ({s.proc.returncode}); see {s.log_path}")
+        with contextlib.suppress(grpc.RpcError), grpc.insecure_channel(s.target) as ch:
+            reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        time.sleep(0.3)
+    raise SystemExit(f"error: the server did not become ready in {timeout:.0f} s; see {s.log_path}")
+
+
+# ------------------------------------------------------------------------------------ load
+
+
+def stage_sums(metrics_url: str) -> dict[str, tuple[float, float]]:
+    """(sum seconds, count) per Recommend stage, from the server's Prometheus exposition."""
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    out: dict[str, list[float]] = {s: [0.0, 0.0] for s in STAGES}
+    for line in text.splitlines():
+        if not line.startswith("recsys_stage_duration_seconds_") or 'method="Recommend"' not in line:
+            continue
+        name, value = line.rsplit(" ", 1)
+        stage = name.split('stage="', 1)[1].split('"', 1)[0]
+        if stage in out and name.startswith("recsys_stage_duration_seconds_sum"):
+            out[stage][0] += float(value)
+        elif stage in out and name.startswith("recsys_stage_duration_seconds_count"):
+            out[stage][1] += float(value)
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def stage_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    means = {}
+    for stage in STAGES:
+        ds, dc = after[stage][0] - before[stage][0], after[stage][1] - before[stage][1]
+        means[f"{stage}_ms"] = 1e3 * ds / dc if dc else 0.0
+    return means
+
+
+async def drive(
+    target: str,
+    users: list[str],
+    n: int,
+    concurrency: int,
+    rate: float | None,
+    depth: int,
+    seed: int,
+) -> dict[str, Any]:
+    """`n` Recommend calls: closed loop with `concurrency` callers, or open loop at `rate` per second."""
+    rng = np.random.default_rng(seed)
+    picks = [users[i] for i in rng.integers(0, len(users), n)]
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+
+        async def one(user: str, scheduled: float) -> None:
+            try:
+                await stub.Recommend(pb.RecommendRequest(user_id=user, k=10, retrieval_depth=depth), timeout=10.0)
+                latencies.append(time.perf_counter() - scheduled)
+            except grpc.aio.AioRpcError as err:
+                errors[err.code().name] = errors.get(err.code().name, 0) + 1
+
+        for user in picks[: min(20, n)]:  # warm-up: connection, caches, lazy init
+            await one(user, time.perf_counter())
+        latencies.clear()
+        errors.clear()
+        started = time.perf_counter()
+        if rate is None:
+            queue = iter(picks)
+
+            async def caller() -> None:
+                for user in queue:
+                    await one(user, time.perf_counter())
+
+            await asyncio.gather(*(caller() for _ in range(concurrency)))
+        else:
+            tasks = []
+            for i, user in enumerate(picks):
+                scheduled = started + i / rate
+                delay = scheduled - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(user, scheduled)))
+            await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
+    return {
+        "concurrency": concurrency if rate is None else None,
+        "offered_rps": rate,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "rps": len(latencies) / elapsed,
+        "errors": sum(errors.values()),
+        "error_codes": errors,
+        "requests": n,
+    }
+
+
+def run_levels(
+    s: Server, users: list[str], levels: list[int], n: int, rate: float | None, depth: int
+) -> list[dict[str, Any]]:
+    rows = []
+    plan: list[tuple[int, float | None]] = [(c, None) for c in levels] + ([(0, rate)] if rate else [])
+    for i, (c, r) in enumerate(plan):
+        before = stage_sums(s.metrics_url)
+        row = asyncio.run(drive(s.target, users, n, max(c, 1), r, depth, seed=i))
+        row |= stage_means(before, stage_sums(s.metrics_url))
+        log.info("%s", row)
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def label(row: dict[str, Any]) -> str:
+    return f"c={row['concurrency']}" if row["concurrency"] else f"{row['offered_rps']:.0f} rps offered"
+
+
+def table(title: str, rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| load | p50 ms | p95 ms | p99 ms | req/s | errors | fetch ms | queue ms | retrieve+rank ms | serialise ms |"  # noqa: E501
+    )
+    lines = [f"**{title}**", "", head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {label(r)} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps']:.1f} | "
+            f"{r['errors']} | {r['feature_fetch_ms']:.2f} | {r['queue_ms']:.2f} | "
+            f"{r['retrieval_and_ranking_ms']:.2f} | {r['serialization_ms']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(fast: list[dict[str, Any]], naive: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for rows, name, style in ((fast, "fast + cache", "-o"), (naive, "naive baseline", "--s")):
+        closed = [r for r in rows if r["concurrency"]]
+        xs = [r["concurrency"] for r in closed]
+        for q, alpha in (("p50_ms", 1.0), ("p99_ms", 0.5)):
+            ax.plot(xs, [r[q] for r in closed], style, alpha=alpha, label=f"{name} {q[:3]}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("concurrent callers")
+    ax.set_ylabel("Recommend latency (ms)")
+    ax.set_title("bench.serve: Recommend over gRPC + Redis")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.split("\n\n")[0])
+    p.add_argument("--items", type=int, default=100_000, help="catalogue size (default %(default)s)")
+    p.add_argument("--users", type=int, default=5000, help="users with histories in Redis (default %(default)s)")
+    p.add_argument("--events", type=float, default=30.0, help="mean clicks per user (default %(default)s)")
+    p.add_argument("--candidates", type=int, default=500, help="retrieved and ranked per request")
+    p.add_argument("--levels", default="1,4,16", help="closed-loop concurrency levels (default %(default)s)")
+    p.add_argument("--requests", type=int, default=1000, help="requests per level (default %(default)s)")
+    p.add_argument("--rate", type=float, default=100.0, help="open-loop offered rate, req/s; 0 skips it")
+    p.add_argument("--baseline-requests", type=int, default=300, help="requests per level for the naive baseline")
+    p.add_argument("--server-args", default="", help="extra flags for the fast server, e.g. '--workers 2'")
+    p.add_argument("--work-dir", type=Path, help="keep the log, artifact and server logs here")
+    p.add_argument("--plot", type=Path, default=Path("bench_serve.png"), help="latency plot (PNG)")
+    p.add_argument("--json", type=Path, help="write the results as JSON")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    levels = [int(x) for x in args.levels.split(",")]
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PYTHONPATH", str(ROOT))
+
+    t0 = time.monotonic()
+    art, clicks, users = build_artifact(work, args.items, args.users, args.events, args.seed)
+    log.info("artifact %s in %.0f s", art, time.monotonic() - t0)
+    manifest = json.loads((art / "manifest.json").read_text())
+    with redis_server(work) as url:
+        subprocess.run(
+            [sys.executable, "-m", "serving.features", "load", "--log", str(clicks), "--redis", url, "--no-progress"],
+            cwd=ROOT,
+            check=True,
+        )
+        with server(art, url, work, "fast", args.server_args.split()) as s:
+            fast = run_levels(s, users, levels, args.requests, args.rate or None, args.candidates)
+        with server(art, url, work, "naive", ["--scorer", "reference", "--cache-size", "0"]) as s:
+            naive = run_levels(s, users, levels, args.baseline_requests, None, args.candidates)
+    plot(fast, naive, args.plot)
+
+    c1 = next((r for r in fast if r["concurrency"] == levels[0]), fast[0])
+    b1 = next((r for r in naive if r["concurrency"] == levels[0]), naive[0])
+    print(
+        f"\nbench.serve: {manifest['catalog_size']:,} items ({manifest['index']['kind']}), {len(users):,} users in "
+        f"Redis, {args.candidates} candidates ranked per request, top 10 returned; {os.cpu_count()} cores; "
+        f"untrained weights (speed only)\n"
+    )
+    print(table("fast scorer + user-state cache (the default server)", fast))
+    print()
+    print(table("naive baseline: reference score, fp32, no cache", naive))
+    print(f"\np50 at c={levels[0]}: baseline / fast = {b1['p50_ms'] / c1['p50_ms']:.1f}x; plot: {args.plot}")
+    if args.json:
+        summary = {
+            "levels": fast,
+            "baseline": b1,
+            "baseline_levels": naive,
+            "candidates": args.candidates,
+            "catalog": manifest["catalog_size"],
+            "index": manifest["index"],
+            "speedup_p50": b1["p50_ms"] / c1["p50_ms"],
+        }
+        args.json.write_text(json.dumps(summary, indent=1))
+    if args.work_dir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

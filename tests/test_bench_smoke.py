@@ -1,0 +1,51 @@
+"""The benchmarks run end to end at toy sizes, so they cannot rot between the runs that fill the
+README. These assert that the pieces work (real redis-server, real servers, zero errors) and that
+the JSON has the documented keys; they time nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_bench_serve_runs_against_real_redis_and_servers(tmp_path: Path) -> None:
+    out = tmp_path / "serve.json"
+    done = _run(
+        "bench.serve",
+        *("--items", "400", "--users", "60", "--events", "12", "--candidates", "50", "--levels", "1,4"),
+        *("--requests", "40", "--rate", "50", "--baseline-requests", "20"),
+        *("--plot", str(tmp_path / "serve.png"), "--json", str(out)),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["candidates"] == 50 and result["catalog"] == 400
+    assert [lv["concurrency"] for lv in result["levels"]] == [1, 4, None]  # the last is the fixed-rate level
+    for level in [*result["levels"], result["baseline"]]:
+        assert level["errors"] == 0, level
+        assert {"p50_ms", "p95_ms", "p99_ms", "rps"} <= set(level) and level["p50_ms"] <= level["p99_ms"]
+    assert result["levels"][0]["retrieval_and_ranking_ms"] > 0  # the stage histograms were read
+    assert (tmp_path / "serve.png").stat().st_size > 0
+    assert "baseline / fast" in done.stdout
+
+
+def test_bench_retrieval_prints_the_recall_latency_table(tmp_path: Path) -> None:
+    out = tmp_path / "retrieval.json"
+    done = _run(
+        "bench.retrieval", "--items", "3000", "--queries", "50", "--ef", "64", "--nprobe", "64", "--json", str(out)
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["index"].split()[0] for r in rows] == ["flat", "HNSW", "IVF"]
+    assert rows[0]["recall"] == 1.0 and all(0 < r["recall"] <= 1 for r in rows)
