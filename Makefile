@@ -41,13 +41,13 @@ run: $(VENV)/.installed
 ifeq ($(LOG),)
 	$(PY) -m training synth --out $(DEMO) --users 600 --items 300 --seed 0
 	$(PY) -m training fit --log $(DEMO)/clicks.parquet --items $(DEMO)/items.parquet --users $(DEMO)/users.parquet \
-	  --out $(ARTIFACTS) --set train.epochs=5
+	  --out $(ARTIFACTS) --set train.epochs=3
 else
 	$(PY) -m training fit --log $(LOG) $(if $(ITEMS),--items $(ITEMS)) $(if $(USERS),--users $(USERS)) --out $(ARTIFACTS)
 endif
 	@echo
 	@echo "Serving on localhost:$(PORT). In another terminal, try:"
-	@echo "  $(PY) -m serving.client recommend --user u00001 --k 10"
+	@echo "  $(PY) -m serving.client --target localhost:$(PORT) recommend --user u00001 --k 10"
 	@echo
 	$(PY) -m serving --artifact $(ARTIFACTS) --features memory:// --port $(PORT)
 
