@@ -254,15 +254,25 @@ async def drive(
 def run_levels(
     s: Server, users: list[str], levels: list[int], n: int, rate: float | None, depth: int
 ) -> list[dict[str, Any]]:
+    """Closed loop at each concurrency level, then open loop at `rate` (< 0: 70% of the best
+    closed-loop throughput just measured, i.e. a load the server should carry; None: skipped)."""
     rows = []
-    plan: list[tuple[int, float | None]] = [(c, None) for c in levels] + ([(0, rate)] if rate else [])
-    for i, (c, r) in enumerate(plan):
-        before = stage_sums(s.metrics_url)
-        row = asyncio.run(drive(s.target, users, n, max(c, 1), r, depth, seed=i))
-        row |= stage_means(before, stage_sums(s.metrics_url))
-        log.info("%s", row)
-        rows.append(row)
+    for i, c in enumerate(levels):
+        rows.append(measure(s, users, n, c, None, depth, seed=i))
+    if rate is not None:
+        offered = rate if rate > 0 else round(0.7 * max(r["rps"] for r in rows), 1)
+        rows.append(measure(s, users, n, 1, offered, depth, seed=len(levels)))
     return rows
+
+
+def measure(
+    s: Server, users: list[str], n: int, concurrency: int, rate: float | None, depth: int, seed: int
+) -> dict[str, Any]:
+    before = stage_sums(s.metrics_url)
+    row = asyncio.run(drive(s.target, users, n, concurrency, rate, depth, seed))
+    row |= stage_means(before, stage_sums(s.metrics_url))
+    log.info("%s", row)
+    return row
 
 
 # ------------------------------------------------------------------------------------ report
@@ -318,7 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--candidates", type=int, default=500, help="retrieved and ranked per request")
     p.add_argument("--levels", default="1,4,16", help="closed-loop concurrency levels (default %(default)s)")
     p.add_argument("--requests", type=int, default=1000, help="requests per level (default %(default)s)")
-    p.add_argument("--rate", type=float, default=100.0, help="open-loop offered rate, req/s; 0 skips it")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=-1.0,
+        help="open-loop offered rate, req/s; 0 skips it; default: 70%% of the best closed-loop throughput measured",
+    )
     p.add_argument("--baseline-requests", type=int, default=300, help="requests per level for the naive baseline")
     p.add_argument("--server-args", default="", help="extra flags for the fast server, e.g. '--workers 2'")
     p.add_argument("--work-dir", type=Path, help="keep the log, artifact and server logs here")
@@ -344,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         with server(art, url, work, "fast", args.server_args.split()) as s:
             fast = run_levels(s, users, levels, args.requests, args.rate or None, args.candidates)
+            fast_flags = " ".join(args.server_args.split()) or "defaults"
         with server(art, url, work, "naive", ["--scorer", "reference", "--cache-size", "0"]) as s:
             naive = run_levels(s, users, levels, args.baseline_requests, None, args.candidates)
     plot(fast, naive, args.plot)
@@ -355,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Redis, {args.candidates} candidates ranked per request, top 10 returned; {os.cpu_count()} cores; "
         f"untrained weights (speed only)\n"
     )
-    print(table("fast scorer + user-state cache (the default server)", fast))
+    print(table(f"fast scorer + user-state cache (server flags: {fast_flags})", fast))
     print()
     print(table("naive baseline: reference score, fp32, no cache", naive))
     print(f"\np50 at c={levels[0]}: baseline / fast = {b1['p50_ms'] / c1['p50_ms']:.1f}x; plot: {args.plot}")
@@ -368,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             "catalog": manifest["catalog_size"],
             "index": manifest["index"],
             "speedup_p50": b1["p50_ms"] / c1["p50_ms"],
+            "server_args": args.server_args,
         }
         args.json.write_text(json.dumps(summary, indent=1))
     if args.work_dir is None:

@@ -7,6 +7,7 @@ to report the `served` metrics, so what is measured is what is served.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -78,15 +79,22 @@ class Recommender:
         retriever: Retriever | None = None,
         retrieval_depth: int = DEFAULT_RETRIEVAL_DEPTH,
         scorer: Literal["fast", "reference"] = "fast",
+        precision: Literal["fp32", "bf16"] = "fp32",
     ):
+        """`precision="bf16"`: the fast ranker runs on a bfloat16 copy of the weights (retrieval stays
+        fp32, so FAISS queries are unchanged); bench/rank.py measures the speed and the score gap."""
         self.artifact = art
         self.model = art.model.eval()
         self.fast: FastScorer | None = None
+        self.precision = precision
         if scorer == "fast":
             try:
-                self.fast = FastScorer(self.model)
+                ranker = copy.deepcopy(self.model).to(torch.bfloat16) if precision == "bf16" else self.model
+                self.fast = FastScorer(ranker)
             except UnsupportedConfig as err:
                 log.warning("serving %s with the reference scorer: %s", art.version, err)
+        elif precision != "fp32":
+            raise InvalidArgument(f"precision={precision!r} needs scorer='fast'; fix: use the fast scorer or fp32")
         self.scorer = "fast" if self.fast is not None else "reference"
         self.featurizer = art.featurizer
         self.retriever: Retriever = retriever or art.index
@@ -174,7 +182,9 @@ class Recommender:
     def score(self, hist: History, candidates: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
         """Ranker logits (B, C): the fast single-pass scorer, or the reference for unsupported configs."""
         if self.fast is not None:
-            return self.fast.score(hist, candidates, user)
+            if self.precision == "bf16" and user is not None:
+                user = user.to(torch.bfloat16)
+            return self.fast.score(hist, candidates, user).float()
         with torch.inference_mode():
             return self.model.score(hist, candidates, user)
 

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from recsys.errors import RecsysError
-from serving.config import LOG_FORMATS, LOG_LEVELS, SCORERS, ServerConfig, load_config, parse_list
+from serving.config import LOG_FORMATS, LOG_LEVELS, PRECISIONS, SCORERS, ServerConfig, load_config, parse_list
 from serving.logs import setup_logging
 from serving.server import serve
 
@@ -60,6 +60,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-level", choices=LOG_LEVELS, help=f"default {d.log_level}; DEBUG logs every request")
     p.add_argument("--log-format", choices=LOG_FORMATS, help=f"default {d.log_format}")
     p.add_argument("--scorer", choices=SCORERS, help=f"reference = the naive baseline (default {d.scorer})")
+    p.add_argument("--precision", choices=PRECISIONS, help=f"ranker weights (default {d.precision})")
     return p.parse_args(argv)
 
 

@@ -21,7 +21,7 @@ import logging
 import time
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 from recsys import artifact as artifact_format
 from recsys.errors import ArtifactError, InvalidArgument, RecsysError
@@ -53,9 +53,15 @@ def warm_up(model: Recommender) -> None:
     model.recommend(UserState(history=history), k=10, now=now)
 
 
-def load_and_warm(path: Path, scorer: Literal["fast", "reference"] = "fast") -> Recommender:
-    """`Recommender.load` + `warm_up`; either failing is an `ArtifactError` naming the version."""
-    model = Recommender.load(path, scorer=scorer)
+class ModelOptions(TypedDict, total=False):
+    scorer: Literal["fast", "reference"]
+    precision: Literal["fp32", "bf16"]
+
+
+def load_and_warm(path: Path, options: ModelOptions | None = None) -> Recommender:
+    """`Recommender.load` + `warm_up`; either failing is an `ArtifactError` naming the version.
+    `options`: Recommender keyword arguments (scorer, precision)."""
+    model = Recommender.load(path, **(options or {}))
     try:
         warm_up(model)
     except Exception as err:  # any failure: a model that cannot answer must never be swapped in
@@ -73,9 +79,9 @@ class ModelReloader:
         artifact: str | Path,
         executor: Executor,
         metrics: Metrics,
-        scorer: Literal["fast", "reference"] = "fast",
+        options: ModelOptions | None = None,
     ):
-        self._scorer: Literal["fast", "reference"] = scorer
+        self._options = options
         self._service = service
         self._executor = executor
         self._metrics = metrics
@@ -94,7 +100,7 @@ class ModelReloader:
                     self._metrics.reloads.labels(result="unchanged").inc()
                     return current.version, False
                 loop = asyncio.get_running_loop()
-                model = await loop.run_in_executor(self._executor, load_and_warm, target, self._scorer)
+                model = await loop.run_in_executor(self._executor, load_and_warm, target, self._options)
             except ArtifactError as err:
                 self._metrics.reloads.labels(result="failed").inc()
                 logger.error("model reload refused; still serving %s: %s", current.version, err)

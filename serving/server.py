@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import grpc
@@ -48,7 +48,7 @@ from serving.config import ServerConfig
 from serving.errors import DeadlineExceeded, ErrorInterceptor
 from serving.interceptors import AccessInterceptor, GuardInterceptor
 from serving.metrics import Metrics, MetricsHTTPServer
-from serving.reload import ModelReloader, load_and_warm
+from serving.reload import ModelOptions, ModelReloader, load_and_warm
 from serving.service import RecommendationService
 
 __all__ = ["App", "ServerConfig", "build_server", "serve"]
@@ -234,15 +234,18 @@ async def build_server(config: ServerConfig) -> App:
     executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="recsys-worker")
     try:
         credentials = _server_credentials(config)
-        scorer: Literal["fast", "reference"] = "reference" if config.scorer == "reference" else "fast"
-        recommender = await asyncio.to_thread(load_and_warm, Path(config.artifact), scorer)
+        options: ModelOptions = {
+            "scorer": "reference" if config.scorer == "reference" else "fast",
+            "precision": "bf16" if config.precision == "bf16" else "fp32",
+        }
+        recommender = await asyncio.to_thread(load_and_warm, Path(config.artifact), options)
         if urlsplit(config.features).scheme == "memory":
             users = await asyncio.to_thread(_seed, store, recommender)
             logger.info("seeded memory:// store with %d users from the artifact's training log", users)
         metrics = Metrics()
         cache = UserStateCache(config.cache_size, config.cache_ttl)
         service = RecommendationService(recommender, store, cache=cache, metrics=metrics)
-        reloader = ModelReloader(service, config.artifact, executor, metrics, scorer)
+        reloader = ModelReloader(service, config.artifact, executor, metrics, options)
         guard = GuardInterceptor(
             config.max_concurrent, config.write_tokens, config.read_tokens, config.require_read_token
         )
