@@ -90,6 +90,12 @@ class Recommender:
         if scorer == "fast":
             try:
                 ranker = copy.deepcopy(self.model).to(torch.bfloat16) if precision == "bf16" else self.model
+                if precision == "bf16" and not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+                    log.warning(
+                        "precision=bf16 on a CPU without native bf16 (capability %s): bf16 matmuls are emulated "
+                        "and several times slower than fp32 here (bench/rank.py); prefer fp32",
+                        torch.backends.cpu.get_cpu_capability(),
+                    )
                 self.fast = FastScorer(ranker)
             except UnsupportedConfig as err:
                 log.warning("serving %s with the reference scorer: %s", art.version, err)

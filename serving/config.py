@@ -72,8 +72,9 @@ class ServerConfig:
     # "fast": single-pass candidate scoring (recsys.fast); "reference": the model's plain `score`, the
     # naive baseline bench/serve.py measures against. Both give the same scores (tests/test_fast.py).
     scorer: str = "fast"
-    # "bf16": the fast ranker on bfloat16 weights (about 1.5x faster ranking on CPUs with bf16 matmul;
-    # max click-probability gap 2e-4 in bench/rank.py); retrieval stays fp32.
+    # "bf16": the fast ranker on bfloat16 weights; retrieval stays fp32. Only for CPUs with native bf16
+    # (AVX512-BF16/AMX: about 1.4x faster ranking there); elsewhere emulated and ~7x slower (a warning is
+    # logged). Max click-probability gap 2e-4 (bench/rank.py).
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
