@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--k", type=int, default=100, help="recall@k and the search depth")
     parser.add_argument("--threads", type=int, default=2, help="FAISS OpenMP threads (this machine: 2 cores)")
-    parser.add_argument("--ef", default="64,128,256,512", help="HNSW efSearch values")
-    parser.add_argument("--nprobe", default="8,16,32,64", help="IVF nprobe values")
+    parser.add_argument("--ef", default="64,128,256,512", help="HNSW efSearch values ('' skips HNSW)")
+    parser.add_argument("--nprobe", default="16,32,64,128,256", help="IVF nprobe values")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -83,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     base = rows[0]["p50_ms"]
     log.info("flat: %s", rows[0])
 
-    hnsw = FaissRetriever.build(vectors, IndexConfig(kind="hnsw", recall_queries=0))
-    for ef in [int(x) for x in args.ef.split(",")]:
+    efs = [int(x) for x in args.ef.split(",") if x]
+    hnsw = FaissRetriever.build(vectors, IndexConfig(kind="hnsw", recall_queries=0)) if efs else None
+    for ef in efs:
+        assert hnsw is not None
         hnsw.index.hnsw.efSearch = ef
         row = {"index": f"HNSW M={IndexConfig().hnsw_m}", "param": f"efSearch={ef}"}
         row |= {"build_s": hnsw.info["build_seconds"], "recall": recall_at(hnsw, exact, queries, args.k)}

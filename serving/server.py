@@ -41,6 +41,7 @@ from proto.recsys.v1 import recommender_pb2 as pb
 from proto.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from recsys.errors import InvalidArgument, Unavailable
 from recsys.features import Event, FeatureStore
+from recsys.index import set_search_threads
 from recsys.recommender import Recommender
 from recsys.store import open_store
 from serving.cache import UserStateCache
@@ -228,6 +229,7 @@ async def build_server(config: ServerConfig) -> App:
     # Process-wide and deliberate: parallelism comes from `workers` threads, not from intra-op threads
     # that would oversubscribe the cores once several requests run at once.
     torch.set_num_threads(config.torch_threads)
+    set_search_threads(config.torch_threads)  # FAISS too: parallelism comes from the workers
 
     # The store first: opening it only parses the URL (no I/O), so a bad URL fails before the slow load.
     store = open_store(config.features, max_history=config.max_history)
