@@ -5,7 +5,7 @@ left-padded history windows. Training's collate and the server's request path bo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recsys.data import ClickLog
+from recsys.data import ClickLog, split_multi
 from recsys.features import Event, UserState
 from recsys.model import History
 from recsys.vocab import PAD, RESERVED, UNK, Vocab
@@ -114,6 +114,20 @@ class Featurizer:
             "position": self.position,
             "n_positions": self.n_positions,
         }
+
+    def side_rows(self, features: Sequence[Mapping[str, str]]) -> list[np.ndarray]:
+        """Side-feature rows for items outside the vocabulary, from raw feature maps such as the
+        feature store keeps (`{"category": "Action|Comedy", ...}`; multi-valued cells `|`-separated):
+        one (n, width) array per item column, PAD where absent, UNK for values never seen in training."""
+        out = []
+        for col, vocab, table in zip(self.item_columns, self.item_side, self.side_tables, strict=True):
+            rows = np.zeros((len(features), table.shape[1]), dtype=np.int64)
+            for r, feats in enumerate(features):
+                values = split_multi(feats.get(col, ""))[: table.shape[1]]
+                if values:
+                    rows[r, : len(values)] = vocab.lookup(list(values))
+            out.append(rows)
+        return out
 
     def side_buffers(self) -> dict[str, torch.Tensor]:
         """The item -> side-feature tables, as the model's buffers."""

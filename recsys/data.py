@@ -171,7 +171,8 @@ def validate_log(df: pd.DataFrame, file: str, events: tuple[str, ...] = KNOWN_EV
     return out, has_time
 
 
-def _split_multi(value: object) -> tuple[str, ...]:
+def split_multi(value: object) -> tuple[str, ...]:
+    """A multi-valued cell (list, or a `|`-separated string) as a tuple of non-empty strings."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ()
     if isinstance(value, list | tuple | np.ndarray):
@@ -192,7 +193,7 @@ def validate_side_table(df: pd.DataFrame, file: str, key: str) -> pd.DataFrame:
         )
     for col in df.columns:
         if col != key:
-            out[col] = [_split_multi(v) for v in df[col].tolist()]
+            out[col] = [split_multi(v) for v in df[col].tolist()]
     return out
 
 

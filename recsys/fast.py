@@ -95,9 +95,11 @@ class FastScorer:
         return UserState(tuple(keys), tuple(values), valid, request, user if self.cfg.retrieval_feature else None)
 
     @torch.inference_mode()
-    def score_prepared(self, state: UserState, candidates: Tensor) -> Tensor:
+    def score_prepared(self, state: UserState, candidates: Tensor, item: Tensor | None = None) -> Tensor:
+        """`item`: the candidates' embeddings (B, C, d) when given (items added after training, see
+        `ItemEmbedding.embed`); else looked up from `candidates`."""
         m = self.model
-        item = m.items(candidates)  # (B, C, d)
+        item = m.items(candidates) if item is None else item.to(self.bias.dtype)  # (B, C, d)
         t = item + m.position.weight[1]  # (B, C, d) the candidate token
         for block, k_h, v_h in zip(self.blocks, state.keys, state.values, strict=True):
             t = block.finish(t, self._attend(block, t, k_h, v_h, state.valid))

@@ -102,9 +102,13 @@ class ItemEmbedding(nn.Module):
         return table
 
     def forward(self, items: Tensor) -> Tensor:  # (...,) -> (..., d)
+        return self.embed(items, [self.side_table(j)[items] for j in range(len(self.sides))])
+
+    def embed(self, items: Tensor, sides: list[Tensor]) -> Tensor:  # (...,), per column (..., W) -> (..., d)
+        """Id embedding + the mean of each column's value embeddings. `forward` reads the values from
+        the side tables; an item added after training passes its own (with the unknown-item id)."""
         out = self.ids(items)
-        for j, emb in enumerate(self.sides):
-            values = self.side_table(j)[items]  # (..., W)
+        for emb, values in zip(self.sides, sides, strict=True):
             present = (values > 0).unsqueeze(-1).to(out.dtype)  # (..., W, 1)
             pooled = (emb(values) * present).sum(-2) / present.sum(-2).clamp(min=1.0)  # (..., d)
             out = out + pooled

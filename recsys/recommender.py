@@ -10,13 +10,14 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from recsys import artifact as artifact_format
 from recsys.errors import InvalidArgument, NotFound
@@ -24,6 +25,7 @@ from recsys.fast import FastScorer, UnsupportedConfig
 from recsys.features import Event, UserState
 from recsys.index import FIRST_ITEM, Retriever
 from recsys.model import History
+from recsys.vocab import UNK
 
 log = logging.getLogger(__name__)
 
@@ -167,23 +169,62 @@ class Recommender:
                 )
         return [r for r in out if r is not None]
 
-    def rank(self, user: UserState, item_ids: Sequence[str], now: float | None = None) -> list[float]:
-        """Scores (click probabilities) in the order of `item_ids`."""
+    def rank(
+        self,
+        user: UserState,
+        item_ids: Sequence[str],
+        now: float | None = None,
+        new_items: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> list[float]:
+        """Scores (click probabilities) in the order of `item_ids`.
+
+        Items added after training (not in the vocabulary) are scored from their side features in
+        `new_items` (raw feature maps as the feature store keeps them): the unknown-item id embedding
+        plus the mean embeddings of their category, brand, ... values. Unknown ids without features
+        are `NotFound`: there is nothing to score them from.
+        """
         if not item_ids:
             raise InvalidArgument("item_ids is empty; fix: pass at least one item id to rank")
         if len(item_ids) > MAX_RANK_ITEMS:
             raise InvalidArgument(f"item_ids has {len(item_ids)} ids; fix: pass at most {MAX_RANK_ITEMS}")
         idx = self.featurizer.items.lookup(list(item_ids))
-        unknown = [item_ids[int(j)] for j in np.flatnonzero(idx < FIRST_ITEM)]
-        if unknown:
-            shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        unknown_at = np.flatnonzero(idx < FIRST_ITEM)
+        new_items = new_items or {}
+        scorable = bool(self.featurizer.item_columns) and self.fast is not None
+        missing = [item_ids[int(j)] for j in unknown_at if not (scorable and new_items.get(item_ids[int(j)]))]
+        if missing:
+            shown = ", ".join(repr(u) for u in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            why = (
+                "have no side features in the feature store; fix: store their features (python -m serving.features "
+                "load --items ...) or rank only catalog items"
+                if scorable
+                else "cannot be scored by this model (it has no item side features); fix: rank only catalog items"
+            )
             raise NotFound(
-                f"item_ids: {len(unknown)} unknown to model {self.version} ({shown}); "
-                "fix: rank only catalog items (new items are learned at the next retrain)"
+                f"item_ids: {len(missing)} unknown to model {self.version} ({shown}) and {why} "
+                "(new items are learned at the next retrain)"
             )
         hist = self.featurizer.encode_states([user], float(now if now is not None else _now()))
-        logits = self.score(hist, torch.from_numpy(idx).unsqueeze(0))  # (1, C)
+        candidates = torch.from_numpy(idx).unsqueeze(0)  # (1, C)
+        if len(unknown_at) == 0:
+            logits = self.score(hist, candidates)  # (1, C)
+        else:
+            assert self.fast is not None
+            emb = self._item_embeddings(idx, unknown_at, [new_items[item_ids[int(j)]] for j in unknown_at])
+            with torch.inference_mode():
+                logits = self.fast.score_prepared(self.fast.prepare(hist), candidates, emb.unsqueeze(0)).float()
         return [float(x) for x in torch.sigmoid(logits[0])]
+
+    def _item_embeddings(self, idx: np.ndarray, unknown_at: np.ndarray, features: list[Mapping[str, str]]) -> Tensor:
+        """(C, d) candidate embeddings: catalogue items from the model's tables, the items at
+        `unknown_at` from the unknown-item id and their own side features."""
+        assert self.fast is not None
+        items = self.fast.model.items
+        with torch.inference_mode():
+            emb = items(torch.from_numpy(np.where(idx >= FIRST_ITEM, idx, UNK)))  # (C, d)
+            sides = [torch.from_numpy(rows) for rows in self.featurizer.side_rows(features)]  # per column (n, W)
+            emb[torch.from_numpy(unknown_at)] = items.embed(torch.full((len(unknown_at),), UNK), sides)  # (n, d)
+        return emb
 
     def score(self, hist: History, candidates: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
         """Ranker logits (B, C): the fast single-pass scorer, or the reference for unsupported configs."""

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from recsys.data import KNOWN_EVENTS
 from recsys.errors import InvalidArgument, Unavailable
 from recsys.features import DEFAULT_EVENT, Event, FeatureStore, UserState
-from recsys.recommender import Filters, Recommendation, Recommender
+from recsys.recommender import MAX_RANK_ITEMS, Filters, Recommendation, Recommender
 from serving.cache import UserStateCache
 from serving.metrics import Metrics
 
@@ -146,8 +146,13 @@ class RecommendationService:
         _check_user_id(user_id)
         at = self._resolve_now(now)
         user, degraded = self._read_user(user_id, "Rank")
+        unknown = list(dict.fromkeys(i for i in item_ids if not model.known_item(i)))
+        new_items: dict[str, dict[str, str]] = {}
+        if unknown and len(item_ids) <= MAX_RANK_ITEMS:  # items added after training: their side features
+            with self._metrics.stage("Rank", "feature_fetch"):
+                new_items = dict(zip(unknown, self._store.get_items(unknown), strict=True))
         with self._metrics.stage("Rank", "ranking"):
-            scores = list(model.rank(user, item_ids, now=at))
+            scores = list(model.rank(user, item_ids, now=at, new_items=new_items))
         return Ranking(scores=scores, model_version=model.version, reason=degraded)
 
     def record_events(self, user_id: str, events: Sequence[Event]) -> UserState:

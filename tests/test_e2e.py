@@ -18,6 +18,7 @@ import torch
 from recsys.errors import ArtifactError
 from recsys.features import UserState
 from recsys.recommender import MAX_K, Recommender
+from recsys.store import RedisStore
 from serving.client import RecommenderClient
 from tests.conftest import ROOT
 
@@ -187,3 +188,26 @@ def test_recommend_filters_allow_deny_unavailable_and_depth(trained, redis_proc,
         with pytest.raises(grpc.RpcError) as err:
             client.recommend(user, k=10, deny=[f"x{i}" for i in range(10_001)])
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "deny_item_ids" in err.value.details()
+
+
+def test_rank_scores_items_added_after_training_from_their_stored_features(trained, redis_proc, server_factory) -> None:
+    url = redis_url(redis_proc)
+    store = RedisStore(url)
+    rec = Recommender.load(trained.artifact)
+    feats = rec.featurizer
+    raw = {
+        col: vocab.tokens[table[5][0]]
+        for col, vocab, table in zip(feats.item_columns, feats.item_side, feats.side_tables, strict=True)
+    }
+    store.put_item("e2e-new-item", raw)
+    server = server_factory(trained.artifact, url)
+    known = feats.items.tokens[2:5]
+    with RecommenderClient(server.target) as client:
+        client.record("e2e-new", [(known[0], time.time(), "click")])
+        ranked = client.rank("e2e-new", ["e2e-new-item", *known])
+        assert len(ranked.scores) == 4 and all(0.0 < s < 1.0 for s in ranked.scores)
+        with pytest.raises(grpc.RpcError) as err:
+            client.rank("e2e-new", ["e2e-new-item", "e2e-no-features"])
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "e2e-no-features" in err.value.details() and "side features" in err.value.details()
+    store.close()

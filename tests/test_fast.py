@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recsys.errors import InvalidArgument
+from recsys.errors import InvalidArgument, NotFound
 from recsys.fast import FastScorer, UnsupportedConfig
 from recsys.features import UserState
 from recsys.model import BST, ModelConfig
@@ -105,3 +105,30 @@ def test_bf16_serving_stays_within_a_small_gap_of_fp32(trained) -> None:
         assert np.argmax(a) == np.argmax(b) or a[np.argmax(b)] > a.max() - 5e-3
     with pytest.raises(InvalidArgument, match="precision"):
         Recommender.load(trained.artifact, scorer="reference", precision="bf16")
+
+
+def test_items_added_after_training_are_scored_from_their_side_features(trained) -> None:
+    """A new item (not in the vocabulary) is scored as the unknown-item id plus its own side features:
+    exactly what the model gives a catalogue item with the same features and the unknown id's row."""
+    rec = Recommender.load(trained.artifact)
+    feats = rec.featurizer
+    x = 7  # a catalogue item index
+    raw = {
+        col: "|".join(vocab.tokens[v] for v in table[x] if v > 0)
+        for col, vocab, table in zip(feats.item_columns, feats.item_side, feats.side_tables, strict=True)
+    }
+    assert all(raw.values()), raw
+    # a user whose history lacks item x: the twin below changes x's row, which must touch only the candidate
+    _, events, _ = next(u for u in rec.seed() if feats.items.tokens[x] not in {e.item_id for e in u[1]})
+    user, now = UserState(history=tuple(events)), 1_706_000_000.0
+    known = feats.items.tokens[2:6]
+    got = rec.rank(user, ["new-item", *known], now, new_items={"new-item": raw})
+
+    twin = Recommender.load(trained.artifact)
+    with torch.no_grad():
+        twin.model.items.ids.weight[x] = twin.model.items.ids.weight[1]  # item x with the unknown id's row
+    expected = twin.rank(user, [feats.items.tokens[x]], now)
+    np.testing.assert_allclose(got[0], expected[0], atol=1e-6)
+    np.testing.assert_allclose(got[1:], rec.rank(user, known, now), atol=1e-6)  # the others unchanged
+    with pytest.raises(NotFound, match="side features"):
+        rec.rank(user, ["new-item", "featureless"], now, new_items={"new-item": raw})
