@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
+HISTORY = "HISTORY.jsonl"  # one JSON line per move of LATEST: at, version, previous
 FILES = (
     "model.safetensors",
     "features.json",
@@ -144,15 +145,37 @@ def save(
 
 
 def set_latest(root: Path, version: str) -> None:
-    """Point LATEST at `version`: write a temp file and rename it over the pointer."""
+    """Point LATEST at `version`: write a temp file and rename it over the pointer; then append the move
+    to HISTORY.jsonl (what `registry rollback` walks back). A crash between the two leaves the pointer
+    moved and the history one entry short, never a pointer to a missing version."""
     if not (root / version / MANIFEST).exists():
         raise ArtifactError(f"{root / version}: not a complete artifact version; fix: pass an existing version")
+    previous = (root / LATEST).read_text().strip() if (root / LATEST).exists() else None
     fd, tmp = tempfile.mkstemp(prefix=".LATEST.", dir=root)
     with os.fdopen(fd, "w") as f:
         f.write(version + "\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, root / LATEST)
+    entry = {"at": datetime.now(UTC).isoformat(timespec="seconds"), "version": version, "previous": previous}
+    with open(root / HISTORY, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_history(root: Path) -> list[dict[str, Any]]:
+    """The LATEST moves recorded under `root`, oldest first (unreadable lines are skipped)."""
+    path = root / HISTORY
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            log.warning("%s: skipping an unreadable line", path)
+    return out
 
 
 def resolve(path: str | Path) -> Path:

@@ -1,4 +1,4 @@
-"""`python -m training {synth,fit,export-events} ...`: the offline command line.
+"""`python -m training {synth,fit,export-events,registry} ...`: the offline command line.
 
 Bad input exits non-zero with one line on stderr naming the file, field, value and fix.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from recsys.data import load_log
 from recsys.errors import RecsysError
-from training import export_events, synth
+from training import export_events, registry, synth
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     synth.add_cli(sub)
     export_events.add_cli(sub)
+    registry.add_cli(sub)
     fit = sub.add_parser("fit", help="train a BST on a click log and export a versioned artifact")
     # exactly one of --log and --dataset: checked in _fit, so the error is one line with its fix
     fit.add_argument("--log", help="click log, CSV or Parquet (canonical schema, see README)")
