@@ -262,44 +262,56 @@ class BST(nn.Module):
 
     # -- training -----------------------------------------------------------------------------------
 
+    @property
+    def sequence_len(self) -> int:
+        """Length of the next-item training windows (`training.dataset.next_item_windows`)."""
+        return self.cfg.retrieval_len
+
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """batch: the History fields, `target` (B,), `label` (B,) float and optionally `retrieve` (B,)
-        bool, the rows whose histories also train the retrieval head (default: every positive).
-        Returns the CTR logits (B,) and the loss: log loss + retrieval_weight * next-item loss.
-        The retrieval encoder runs once per history and serves both heads."""
+        """batch: the History fields, `target` (B,) and `label` (B,) float for the ranker, and for the
+        retrieval head `next_items`/`next_targets` (S, T): windows of users' positives and the next item
+        at each position (0 = no loss), SASRec-style. Without them the positive rows' own histories
+        train it (every position of each). Returns the CTR logits (B,) and the loss:
+        log loss + retrieval_weight * next-item loss."""
         history = History(*(batch[name] for name in History._fields))
         items = history.items[:, -self.cfg.retrieval_len :]  # (B, T)
-        keep = batch["label"] > 0.5  # rows whose histories train the retrieval head
-        if "retrieve" in batch:
-            keep = keep & batch["retrieve"]
-        if self.cfg.retrieval_weight <= 0:
-            keep = torch.zeros_like(keep)
-        hidden = self.encode_sequence(items[keep])  # (P, T, d), with gradients
-        user = torch.empty(items.shape[0], self.cfg.d_model, dtype=hidden.dtype)  # (B, d), detached
-        user[keep] = hidden[:, -1].detach()
-        if self.cfg.retrieval_feature and (~keep).any():
-            with torch.no_grad():  # other rows only feed the ranker's retrieval-score input
-                user[~keep] = self.encode_sequence(items[~keep])[:, -1]
+        if "next_items" in batch:
+            seq, nxt = batch["next_items"], batch["next_targets"]  # (S, T) each
+        else:
+            keep = batch["label"] > 0.5
+            seq = items[keep]  # (P, T)
+            nxt = torch.cat([seq[:, 1:], batch["target"][keep].unsqueeze(1)], dim=1) * (seq > 0)  # (P, T)
+        user = self.served_user(items) if self.cfg.retrieval_feature else None
         logits = self.score(history, batch["target"].unsqueeze(1), user=user).squeeze(1)  # (B,)
         loss = F.binary_cross_entropy_with_logits(logits, batch["label"])
         if self.cfg.retrieval_weight > 0:
-            next_loss = self.next_item_loss(hidden, items[keep], batch["target"][keep])
+            next_loss = self.next_item_loss(self.encode_sequence(seq), nxt)
             loss = loss + self.cfg.retrieval_weight * next_loss
         return logits, loss
 
-    def next_item_loss(self, hidden: Tensor, items: Tensor, target: Tensor) -> Tensor:
+    @torch.no_grad()
+    def served_user(self, items: Tensor) -> Tensor:
+        """The user vector as the server computes it (no dropout, no gradients): the ranker's retrieval-
+        score input while training. (B, T) -> (B, d)."""
+        was_training = self.training
+        self.train(False)
+        try:
+            return self.encode_sequence(items)[:, -1]
+        finally:
+            self.train(was_training)
+
+    def next_item_loss(self, hidden: Tensor, targets: Tensor) -> Tensor:
         """The retrieval head's objective over the catalog; see `next_item_loss`."""
-        return next_item_loss(hidden, items, target, self.item_vectors(), self.cfg.retrieval_temperature)
+        return next_item_loss(hidden, targets, self.item_vectors(), self.cfg.retrieval_temperature)
 
 
-def next_item_loss(hidden: Tensor, items: Tensor, target: Tensor, vectors: Tensor, temperature: float = 1.0) -> Tensor:
-    """Full-softmax cross-entropy over the catalog at every position of clicked histories
-    (SASRec-style: position t predicts item t+1; the last predicts the clicked target).
-    hidden (P, T, d) = an encoder's outputs for items (P, T), target (P,), vectors (N, d) -> scalar."""
-    if items.shape[0] == 0:
+def next_item_loss(hidden: Tensor, targets: Tensor, vectors: Tensor, temperature: float = 1.0) -> Tensor:
+    """Full-softmax cross-entropy over the catalog: position t of an encoder's output predicts
+    targets[:, t] (0 = no loss; unknown items are not predicted either).
+    hidden (S, T, d), targets (S, T), vectors (N, d) -> scalar."""
+    valid = targets > 1  # a known next item
+    if not bool(valid.any()):
         return hidden.sum() * 0.0
-    nxt = torch.cat([items[:, 1:], target.unsqueeze(1)], dim=1)  # (P, T) the item after each position
-    valid = (items > 0) & (nxt > 1)  # a real input and a known next item
     logits = hidden[valid] @ vectors.T / temperature  # (M, N)
     logits[:, :2] = float("-inf")  # never predict padding or unknown
-    return F.cross_entropy(logits, nxt[valid])
+    return F.cross_entropy(logits, targets[valid])

@@ -31,7 +31,7 @@ from training.baselines import (
     catalogue_scorer,
     items_scorer,
 )
-from training.dataset import EncodedLog, Split, leave_one_out
+from training.dataset import EncodedLog, Split, leave_one_out, next_item_windows
 from training.evaluate import gauc, rank_metrics, score_ranks
 from training.pipeline import TrainReport, build_model
 from training.trainer import TrainConfig, fit
@@ -225,6 +225,32 @@ def test_baselines_train_through_the_one_loop(
     some = split.test.subset(np.arange(50))
     ranks = score_ranks(catalogue_scorer(model, data), data, some)
     assert ranks.shape == (50,) and (ranks >= 0).all() and (ranks <= data.n_items).all()
+
+
+@pytest.mark.parametrize("length", [4, 7, 50])
+def test_next_item_windows_take_every_training_pair_once(encoded: tuple[EncodedLog, ModelConfig], length: int) -> None:
+    """Each (previous positive -> next training positive) pair has its loss in exactly one window, where
+    the next input is the target; a window that cut older history off takes its loss only on its newest
+    half, so every target there has at least length // 2 earlier positives as context. The
+    pairs are the training positives' only, so held-out positives are never a target, and as the newest
+    of each user never an input either."""
+    data, _ = encoded
+    split = leave_one_out(data)
+    windows = next_item_windows(data, split.train, length)
+    assert windows.inputs.shape[1] == length
+    pos = split.train.subset(np.flatnonzero(split.train.label > 0.5))
+    expected = sorted((int(data.items[e - 1]), int(data.items[e])) for e in pos.end)
+    firsts = set(data.items[data.start].tolist())
+    got = []
+    for x, y in zip(windows.inputs, windows.targets, strict=True):
+        first = int(np.argmax(x > 0))
+        assert (x[first:] > 0).all() and (y[:first] == 0).all(), "left-padded"
+        for t in np.flatnonzero(y):
+            got.append((int(x[t]), int(y[t])))
+            assert t == length - 1 or x[t + 1] == y[t], "the next input is the target"
+            # a full window takes loss beyond its newest half only when it starts at the user's first click
+            assert first > 0 or t >= length - length // 2 or int(x[0]) in firsts, "loss on a cut-off context"
+    assert sorted(got) == expected
 
 
 def test_most_popular_counts_training_clicks_only(encoded: tuple[EncodedLog, ModelConfig]) -> None:

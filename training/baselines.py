@@ -298,19 +298,29 @@ class SASRec(nn.Module):
         user = self.encode_user(history)  # (B, d)
         return (self.items(candidates) * user.unsqueeze(1)).sum(-1)  # (B, C)
 
+    @property
+    def sequence_len(self) -> int:
+        """Length of the next-item training windows (`training.dataset.next_item_windows`)."""
+        return self.cfg.max_len
+
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Logits (B,): user . target (uncalibrated: the loss never sees them as probabilities). Loss: the
-        next-item cross-entropy over the positive rows (and `retrieve`, when the batch has it)."""
+        next-item cross-entropy over the batch's `next_items` windows, as the BST's retrieval head
+        (without them, over the positive rows' own histories)."""
         items = batch["items"][:, -self.cfg.max_len :]  # (B, T)
-        hidden = self.encode_sequence(items)  # (B, T, d)
-        logits = (hidden[:, -1] * self.items(batch["target"])).sum(-1)  # (B,)
-        keep = batch["label"] > 0.5
-        if "retrieve" in batch:
-            keep = keep & batch["retrieve"]
-        loss = next_item_loss(
-            hidden[keep], items[keep], batch["target"][keep], self.item_vectors(), self.cfg.temperature
-        )
-        return logits, loss
+        if "next_items" in batch:
+            seq, nxt = batch["next_items"], batch["next_targets"]  # (S, T)
+            with torch.no_grad():
+                user = self.encode_sequence(items)[:, -1]  # (B, d)
+            hidden = self.encode_sequence(seq)  # (S, T, d)
+        else:
+            keep = batch["label"] > 0.5
+            seq = items[keep]  # (P, T)
+            nxt = torch.cat([seq[:, 1:], batch["target"][keep].unsqueeze(1)], dim=1) * (seq > 0)  # (P, T)
+            full = self.encode_sequence(items)  # (B, T, d)
+            user, hidden = full[:, -1], full[keep]
+        logits = (user * self.items(batch["target"])).sum(-1)  # (B,)
+        return logits, next_item_loss(hidden, nxt, self.item_vectors(), self.cfg.temperature)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -189,6 +189,50 @@ def leave_one_out(data: EncodedLog) -> Split:
     )
 
 
+@dataclass
+class Windows:
+    """Next-item training windows, SASRec-style: each user's training positives once per epoch, cut into
+    left-padded windows of the encoder's length. `inputs[w, t]` predicts `targets[w, t]` (0 = no loss).
+    Every training pair (earlier positives -> next positive) has its loss in exactly one window, with at
+    least `length // 2` earlier positives as context where the user has them."""
+
+    inputs: np.ndarray  # (W, L) item indices, left-padded with 0
+    targets: np.ndarray  # (W, L) the next item at each position, 0 where no loss is taken
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+def next_item_windows(data: EncodedLog, train: Examples, length: int) -> Windows:
+    """Windows over each user's positives up to their newest training positive (`train`'s positive rows:
+    held-out positives never enter). Windows end every `length // 2` pairs from the newest backwards;
+    each takes its loss on its newest half (the oldest window on all of it), so no pair is counted twice."""
+    pos = train.label > 0.5
+    last = np.full(len(data.start), -1, dtype=np.int64)
+    np.maximum.at(last, train.user[pos], train.end[pos])
+    half = max(1, length // 2)
+    inputs: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    for u in np.flatnonzero(last >= 0):
+        seq = data.items[data.start[u] : last[u] + 1]
+        m = len(seq) - 1  # pairs seq[t] -> seq[t + 1]
+        end = m
+        while end > 0:
+            lo = max(0, end - length)
+            x = np.zeros(length, np.int64)
+            y = np.zeros(length, np.int64)
+            x[length - (end - lo) :] = seq[lo:end]
+            y[length - (end - lo) :] = seq[lo + 1 : end + 1]
+            if lo > 0:  # context-only positions: their pairs are taken by an older window
+                y[: length - half] = 0
+            inputs.append(x)
+            targets.append(y)
+            end = end - half if lo > 0 else 0
+    if not inputs:
+        return Windows(np.zeros((0, length), np.int64), np.zeros((0, length), np.int64))
+    return Windows(np.stack(inputs), np.stack(targets))
+
+
 def sample_negatives(
     data: EncodedLog,
     pos: Examples,
