@@ -80,4 +80,11 @@ class FeatureStore(Protocol):
 
     def unavailable_items(self) -> set[str]: ...
 
+    def items_updated_since(self, after: int, limit: int = 10_000) -> list[tuple[str, int]]:
+        """Items whose side features were written (or deleted) after update sequence number `after`,
+        oldest first, at most `limit`: (item id, its sequence number). Page with the last number
+        returned; -1 reads from the start. Every write of an item takes a new, larger number, so a
+        reader following the sequence sees catalogue changes (the server serves new items this way)."""
+        ...
+
     def close(self) -> None: ...

@@ -34,6 +34,7 @@ MAX_RANK_ITEMS = 10_000  # Rank: at most this many item ids per request
 DEFAULT_RETRIEVAL_DEPTH = 200  # candidates retrieved and ranked per request
 MAX_RETRIEVAL_DEPTH = 2000  # a request may ask for k..MAX_RETRIEVAL_DEPTH candidates
 MAX_FILTER_ITEMS = 10_000  # allow- and deny-lists: at most this many item ids each
+MAX_FRESH_ITEMS = 100_000  # items added after training that Recommend retrieves (brute force beside FAISS)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,23 @@ class Filters:
 
 
 NO_FILTERS = Filters()
+
+
+@dataclass(frozen=True)
+class FreshItems:
+    """Items added after training, retrieved and ranked from their side features until a retrain learns
+    them. Their vectors are the unknown-item id embedding plus the mean embeddings of their feature
+    values: the item space the FAISS index holds, searched by brute force beside it. Built for one model
+    by `Recommender.fresh_items`; fresh item j is candidate index len(vocabulary) + j."""
+
+    version: str  # the model whose embeddings these are
+    ids: tuple[str, ...]
+    position: Mapping[str, int]  # id -> j
+    vectors: Tensor  # (n, d) float32, for retrieval
+    ranker: Tensor  # (n, d) in the ranker's dtype, its candidate embeddings
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 class Recommender:
@@ -126,6 +144,28 @@ class Recommender:
     def known_item(self, item_id: str) -> bool:
         return item_id in self.featurizer.items
 
+    @property
+    def serves_new_items(self) -> bool:
+        """Items outside the vocabulary can be embedded from side features (the model has item columns)
+        and scored (the fast scorer takes candidate embeddings)."""
+        return bool(self.featurizer.item_columns) and self.fast is not None
+
+    def fresh_items(self, features: Mapping[str, Mapping[str, str]]) -> FreshItems:
+        """The servable new items among `features` (raw feature maps as the store keeps them, newest
+        last): ids outside the vocabulary with features, the newest MAX_FRESH_ITEMS. Empty when the model
+        cannot embed new items (`serves_new_items`)."""
+        ids = [i for i, f in features.items() if f and not self.known_item(i)][-MAX_FRESH_ITEMS:]
+        d = self.model.cfg.d_model
+        if not ids or not self.serves_new_items:
+            return FreshItems(self.version, (), {}, torch.zeros(0, d), torch.zeros(0, d))
+        assert self.fast is not None
+        sides = [torch.from_numpy(rows) for rows in self.featurizer.side_rows([features[i] for i in ids])]
+        unk = torch.full((len(ids),), UNK)
+        with torch.no_grad():
+            vectors = self.model.items.embed(unk, sides).float()  # (n, d)
+            ranker = self.fast.model.items.embed(unk, sides)  # (n, d), bf16 when the ranker is
+        return FreshItems(self.version, tuple(ids), {i: j for j, i in enumerate(ids)}, vectors, ranker)
+
     def recommend(self, user: UserState, k: int, exclude_seen: bool = True, now: float | None = None) -> Recommendation:
         return self.recommend_batch([user], k, exclude_seen, now)[0]
 
@@ -137,9 +177,11 @@ class Recommender:
         now: float | Sequence[float] | None = None,
         depth: int | None = None,
         filters: Filters = NO_FILTERS,
+        fresh: FreshItems | None = None,
     ) -> list[Recommendation]:
         """Top-k per user. `depth`: candidates retrieved for the ranker (None = the default; k..2000).
-        `filters` apply to every user of the batch; seen items are excluded per user."""
+        `filters` apply to every user of the batch; seen items are excluded per user. `fresh`: items
+        added after training (`fresh_items`) that compete with the catalogue for the candidates."""
         if not 1 <= k <= MAX_K:
             raise InvalidArgument(f"k={k} is out of range; fix: ask for 1 <= k <= {MAX_K}")
         if depth is not None and not k <= depth <= MAX_RETRIEVAL_DEPTH:
@@ -148,24 +190,26 @@ class Recommender:
                 f"{MAX_RETRIEVAL_DEPTH}, or 0 for the server default ({self.retrieval_depth})"
             )
         filters.validate()
+        if fresh is not None and (fresh.version != self.version or not len(fresh)):
+            fresh = None  # built for another model: its embeddings mean nothing here
         depth = max(k, depth or self.retrieval_depth)
         times = np.broadcast_to(np.asarray(now if now is not None else _now(), dtype=np.float64), (len(users),))
-        seen = [self._seen(u) for u in users]
-        blocked = self._lookup_known([*filters.deny, *filters.unavailable])
-        allow = None if filters.allow is None else np.setdiff1d(self._lookup_known(filters.allow), blocked)
+        seen = [self._lookup_known([e.item_id for e in u.history], fresh) for u in users]
+        blocked = self._lookup_known([*filters.deny, *filters.unavailable], fresh)
+        allow = None if filters.allow is None else np.setdiff1d(self._lookup_known(filters.allow, fresh), blocked)
         excluded = [np.union1d(s, blocked) if exclude_seen else blocked for s in seen]
         personal = [i for i, s in enumerate(seen) if len(s)]
         out: list[Recommendation | None] = [None] * len(users)
         if personal:
             ranked = self._retrieve_and_rank(
-                [users[i] for i in personal], [excluded[i] for i in personal], k, depth, allow, times[personal]
+                [users[i] for i in personal], [excluded[i] for i in personal], k, depth, allow, times[personal], fresh
             )
             for i, (idx, scores) in zip(personal, ranked, strict=True):
-                out[i] = self._answer(idx, scores, excluded[i], allow, k, "personalised")
+                out[i] = self._answer(idx, scores, excluded[i], allow, k, "personalised", fresh)
         for i, rec in enumerate(out):
             if rec is None:
                 out[i] = self._answer(
-                    np.zeros(0, np.int64), np.zeros(0, np.float32), excluded[i], allow, k, "cold_start"
+                    np.zeros(0, np.int64), np.zeros(0, np.float32), excluded[i], allow, k, "cold_start", fresh
                 )
         return [r for r in out if r is not None]
 
@@ -190,7 +234,7 @@ class Recommender:
         idx = self.featurizer.items.lookup(list(item_ids))
         unknown_at = np.flatnonzero(idx < FIRST_ITEM)
         new_items = new_items or {}
-        scorable = bool(self.featurizer.item_columns) and self.fast is not None
+        scorable = self.serves_new_items
         missing = [item_ids[int(j)] for j in unknown_at if not (scorable and new_items.get(item_ids[int(j)]))]
         if missing:
             shown = ", ".join(repr(u) for u in missing[:5]) + (" ..." if len(missing) > 5 else "")
@@ -246,18 +290,21 @@ class Recommender:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _lookup_known(self, item_ids: Sequence[str] | set[str] | frozenset[str]) -> np.ndarray:
-        """Sorted unique indices of the ids the model knows; unknown ids are dropped (see Filters)."""
+    def _lookup_known(
+        self, item_ids: Sequence[str] | set[str] | frozenset[str], fresh: FreshItems | None = None
+    ) -> np.ndarray:
+        """Sorted unique candidate indices of the ids the model knows or `fresh` holds; other unknown ids
+        are dropped (see Filters)."""
         if not item_ids:
             return np.zeros(0, np.int64)
-        idx = self.featurizer.items.lookup(list(item_ids))
-        return np.unique(idx[idx >= FIRST_ITEM])
-
-    def _seen(self, user: UserState) -> np.ndarray:
-        if not user.history:
-            return np.zeros(0, np.int64)
-        idx = self.featurizer.items.lookup([e.item_id for e in user.history])
-        return np.unique(idx[idx >= FIRST_ITEM])
+        ids = list(item_ids)
+        idx = self.featurizer.items.lookup(ids)
+        known = idx[idx >= FIRST_ITEM]
+        if fresh is not None:
+            base = len(self.featurizer.items)
+            extra = [base + fresh.position[i] for i in ids if i in fresh.position]  # never in the vocabulary
+            known = np.concatenate([known, np.asarray(extra, dtype=np.int64)])
+        return np.unique(known)
 
     def _retrieve_and_rank(
         self,
@@ -267,6 +314,7 @@ class Recommender:
         depth: int,
         allow: np.ndarray | None,
         now: np.ndarray,
+        fresh: FreshItems | None = None,
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         hist = self.featurizer.encode_states(users, now)
         with torch.inference_mode():
@@ -275,16 +323,38 @@ class Recommender:
             rows = [allow[~np.isin(allow, ex)] for ex in excluded]
         else:  # over-fetch by the excluded count so that `depth` candidates survive the filter
             extra = max(len(ex) for ex in excluded)
-            _, found = self.retriever.search(user.float().numpy(), min(depth + extra, self.n_items))
+            scores, found = self.retriever.search(user.float().numpy(), min(depth + extra, self.n_items))
+            if fresh is not None:  # new items compete on the same inner product, by brute force
+                with torch.no_grad():
+                    top = (user.float() @ fresh.vectors.T).topk(min(depth + extra, len(fresh)), dim=1)  # (B, n')
+                scores = np.concatenate([scores, top.values.numpy()], axis=1)
+                found = np.concatenate([found, top.indices.numpy() + len(self.featurizer.items)], axis=1)
+                found = np.take_along_axis(found, np.argsort(-scores, axis=1, kind="stable"), axis=1)
             rows = [r[(r >= FIRST_ITEM) & ~np.isin(r, ex)][:depth] for r, ex in zip(found, excluded, strict=True)]
         width = max(1, max(len(r) for r in rows))
         cands = np.zeros((len(users), width), dtype=np.int64)  # 0 = padding, masked below
         for b, row in enumerate(rows):
             cands[b, : len(row)] = row
-        probs = torch.sigmoid(self.score(hist, torch.from_numpy(cands), user)).numpy()  # (B, width)
+        if fresh is not None and (cands >= len(self.featurizer.items)).any():
+            logits = self._score_fresh(hist, cands, user, fresh)
+        else:
+            logits = self.score(hist, torch.from_numpy(cands), user)
+        probs = torch.sigmoid(logits).numpy()  # (B, width)
         probs = np.where(cands >= FIRST_ITEM, probs, -np.inf)
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [(cands[b, order[b]], probs[b, order[b]]) for b in range(len(users))]
+
+    def _score_fresh(self, hist: History, cands: np.ndarray, user: Tensor, fresh: FreshItems) -> Tensor:
+        """Ranker logits (B, C) for candidates among which some are fresh (index >= len(vocabulary))."""
+        assert self.fast is not None  # fresh items exist only for models that serve new items
+        base = len(self.featurizer.items)
+        is_fresh = cands >= base
+        with torch.no_grad():
+            ids = torch.from_numpy(np.where(is_fresh, UNK, cands))  # (B, C)
+            emb = self.fast.model.items(ids)  # (B, C, d)
+            emb[torch.from_numpy(is_fresh)] = fresh.ranker[torch.from_numpy(cands[is_fresh] - base)]
+            state = self.fast.prepare(hist, user.to(emb.dtype))
+            return self.fast.score_prepared(state, ids, emb).float()
 
     def _answer(
         self,
@@ -294,6 +364,7 @@ class Recommender:
         allow: np.ndarray | None,
         k: int,
         reason: str,
+        fresh: FreshItems | None = None,
     ) -> Recommendation:
         keep = np.isfinite(scores)
         idx, scores = idx[keep], scores[keep]
@@ -307,7 +378,10 @@ class Recommender:
             floor = float(scores.min()) if len(scores) else 1.0
             idx = np.concatenate([idx, pop[fill]])
             scores = np.concatenate([scores, floor * self._popular_score[fill] / max(self._popular_score[0], 1e-12)])
-        names = self.featurizer.items.decode(idx)
+        base = len(self.featurizer.items)
+        names = self.featurizer.items.decode(np.where(idx < base, idx, UNK))
+        if fresh is not None:
+            names = [fresh.ids[i - base] if i >= base else n for i, n in zip(idx.tolist(), names, strict=True)]
         return Recommendation(
             items=[ScoredItem(n, float(s)) for n, s in zip(names, scores, strict=True)],
             personalised=reason == "personalised",

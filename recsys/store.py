@@ -20,6 +20,9 @@ hash tag, so all of one user's keys live in one slot)::
     recsys:u:{<user_id>}:v      string(int)  version, INCR'd by every write that changed the user
     recsys:i:{<item_id>}        hash         item side features
     recsys:items:unavailable    set          item ids that must not be recommended
+    recsys:items:updated        sorted set   member = item id, score = the sequence number of its newest
+                                             feature write (or delete): `items_updated_since` reads it
+    recsys:items:seq            string(int)  the last sequence number handed out (INCRBY per put_items)
     recsys:events               stream       every event accepted by `append_events` (not bulk loads),
                                              fields user_id, item_id, timestamp (repr of the float), event,
                                              event_id (= Event.key(), the id the store deduplicated on);
@@ -34,6 +37,7 @@ can lose stream entries (never history).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -168,6 +172,8 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._users: dict[str, _MemoryUser] = {}
         self._items: dict[str, dict[str, str]] = {}
+        self._item_seq: dict[str, int] = {}  # insertion order = sequence order: a rewrite moves to the end
+        self._seq = 0
         self._unavailable: set[str] = set()
 
     def __repr__(self) -> str:
@@ -236,14 +242,24 @@ class MemoryStore:
         self.put_items({item_id: features})
 
     def put_items(self, items: Mapping[str, Mapping[str, str]]) -> int:
-        """Replace the side features of several items. Returns items written."""
+        """Replace the side features of several items (unchanged ones are left alone). Returns items given."""
         with self._lock:
             for item_id, features in items.items():
+                if self._items.get(item_id, {}) == dict(features):
+                    continue  # unchanged: no new sequence number (a re-run load changes nothing)
                 if features:
                     self._items[item_id] = dict(features)
                 else:
                     self._items.pop(item_id, None)
+                self._seq += 1
+                self._item_seq.pop(item_id, None)
+                self._item_seq[item_id] = self._seq
         return len(items)
+
+    def items_updated_since(self, after: int, limit: int = 10_000) -> list[tuple[str, int]]:
+        with self._lock:
+            newer = list(itertools.takewhile(lambda kv: kv[1] > after, reversed(self._item_seq.items())))
+        return newer[::-1][:limit]
 
     def get_items(self, item_ids: Sequence[str]) -> list[dict[str, str]]:
         """Side features per item, in order; an unknown item gets ``{}``."""
@@ -581,16 +597,33 @@ class RedisStore:
         self.put_items({item_id: features})
 
     def put_items(self, items: Mapping[str, Mapping[str, str]]) -> int:
-        """Replace the side features of several items, in one pipeline. Returns items written."""
+        """Replace the side features of several items. Three round trips: read the current features,
+        number the changed items (INCRBY, for `items_updated_since`), write them in one pipeline; an
+        unchanged item is not rewritten, so a re-run load changes nothing. Returns items given."""
+        if not items:
+            return 0
         with self._errors():
+            current = self.get_items(list(items))
+            changed = {i: f for (i, f), old in zip(items.items(), current, strict=True) if dict(f) != old}
+            if not changed:
+                return len(items)
+            last = int(self.client().incrby(f"{self.prefix}items:seq", len(changed)))  # type: ignore[arg-type]
             pipe = self._pipeline()
-            for item_id, features in items.items():
+            for n, (item_id, features) in enumerate(changed.items(), start=last - len(changed) + 1):
                 key = self._item_key(item_id)
                 pipe.delete(key)
                 if features:
                     pipe.hset(key, mapping=dict(features))
+                pipe.zadd(f"{self.prefix}items:updated", {item_id: n})
             pipe.execute()
         return len(items)
+
+    def items_updated_since(self, after: int, limit: int = 10_000) -> list[tuple[str, int]]:
+        with self._errors():
+            rows = self.client().zrangebyscore(
+                f"{self.prefix}items:updated", f"({after}", "+inf", start=0, num=limit, withscores=True
+            )
+        return [(str(item_id), int(seq)) for item_id, seq in rows]  # type: ignore[union-attr,str-unpack,misc]
 
     def get_items(self, item_ids: Sequence[str]) -> list[dict[str, str]]:
         """Side features per item, in order, in one round trip; an unknown item gets ``{}``."""

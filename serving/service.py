@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from recsys.data import KNOWN_EVENTS
 from recsys.errors import InvalidArgument, Unavailable
 from recsys.features import DEFAULT_EVENT, Event, FeatureStore, UserState
-from recsys.recommender import MAX_RANK_ITEMS, Filters, Recommendation, Recommender
+from recsys.recommender import MAX_RANK_ITEMS, Filters, FreshItems, Recommendation, Recommender
 from serving.cache import UserStateCache
 from serving.metrics import Metrics
 
@@ -43,6 +43,8 @@ MAX_ID_LENGTH = 256  # user and item ids; longer ones are almost certainly a cli
 MAX_EVENT_LENGTH = 64  # event type names ("click", "cart", ...)
 MAX_EVENTS_PER_REQUEST = 1000  # one RecordEvents call; bigger backfills go through the bulk loader
 UNAVAILABLE_TTL_S = 1.0  # the store's unavailable-items set is re-read at most this often (not per request)
+FRESH_TTL_S = 1.0  # the store's item updates (new items for Recommend) are followed at most this often
+FRESH_PAGE = 10_000  # item updates read per refresh: a big catalogue load is caught up page by page
 DEGRADED_LOG_EVERY_S = 10.0  # while the store is down, one warning per this many seconds, not one per request
 
 
@@ -94,6 +96,12 @@ class RecommendationService:
         self._unavailable: frozenset[str] = frozenset()
         self._unavailable_read_at = -math.inf
         self._unavailable_lock = threading.Lock()
+        # items added after training, followed through the store's update sequence, per model version
+        self._fresh_lock = threading.Lock()
+        self._fresh: FreshItems | None = None
+        self._fresh_features: dict[str, dict[str, str]] = {}
+        self._fresh_cursor = -1
+        self._fresh_read_at = -math.inf
 
     @property
     def recommender(self) -> Recommender:
@@ -129,6 +137,7 @@ class RecommendationService:
 
         Never recommended: seen items (unless `exclude_seen` is false), `deny`, and the store's
         unavailable items (read at most every UNAVAILABLE_TTL_S). With `allow`, only those items.
+        Items added to the store after training compete for the candidates (`_fresh_items`).
         """
         model = self._recommender  # captured once: a concurrent swap does not affect this request
         _check_user_id(user_id)
@@ -136,7 +145,7 @@ class RecommendationService:
         filters = Filters(allow=allow, deny=deny, unavailable=self._unavailable_items())
         user, degraded = self._read_user(user_id, "Recommend")
         with self._metrics.stage("Recommend", "retrieval_and_ranking"):
-            rec = model.recommend_batch([user], k, exclude_seen, at, depth, filters)[0]
+            rec = model.recommend_batch([user], k, exclude_seen, at, depth, filters, self._fresh_items(model))[0]
         return dataclasses.replace(rec, reason=degraded) if degraded else rec
 
     def rank(self, user_id: str, item_ids: Sequence[str], now: float | None = None) -> Ranking:
@@ -220,6 +229,43 @@ class RecommendationService:
                     pass
                 self._unavailable_read_at = time.monotonic()
         return self._unavailable
+
+    def _fresh_items(self, model: Recommender) -> FreshItems | None:
+        """The store's items that `model` does not know but can embed from their side features, kept up
+        to date by following `items_updated_since` at most every FRESH_TTL_S (FRESH_PAGE updates a
+        time); rebuilt from the start for a new model version. The last copy while the store is down."""
+        if not model.serves_new_items:
+            return None
+        fresh = self._fresh
+        current = fresh is not None and fresh.version == model.version
+        if current and time.monotonic() - self._fresh_read_at < FRESH_TTL_S:
+            return fresh
+        with self._fresh_lock:
+            if self._fresh is None or self._fresh.version != model.version:
+                self._fresh, self._fresh_features, self._fresh_cursor = model.fresh_items({}), {}, -1
+                self._fresh_read_at = -math.inf
+            if time.monotonic() - self._fresh_read_at >= FRESH_TTL_S:
+                try:
+                    self._follow_items(model)
+                except Unavailable:
+                    pass
+                self._fresh_read_at = time.monotonic()
+            return self._fresh
+
+    def _follow_items(self, model: Recommender) -> None:
+        """One page of item updates: new features replace old ones, deleted items drop out."""
+        updates = self._store.items_updated_since(self._fresh_cursor, FRESH_PAGE)
+        if not updates:
+            return
+        new = [item_id for item_id, _ in updates if not model.known_item(item_id)]
+        for item_id, features in zip(new, self._store.get_items(new) if new else [], strict=True):
+            self._fresh_features.pop(item_id, None)  # re-inserted last: the newest are kept past the cap
+            if features:
+                self._fresh_features[item_id] = features
+        self._fresh_cursor = updates[-1][1]
+        if new:
+            self._fresh = model.fresh_items(self._fresh_features)
+            logger.info("serving %d items added after training (model %s)", len(self._fresh), model.version)
 
     def _log_degraded(self, err: Unavailable) -> None:
         """One warning per DEGRADED_LOG_EVERY_S while the store is down (the metric counts every answer)."""

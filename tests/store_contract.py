@@ -165,7 +165,30 @@ def check_items_round_trip(store: Any) -> None:
     assert store.unavailable_items() == {"i1"}
 
 
+# Contract: every feature write or delete that changes an item numbers it anew (rewriting the same
+# features does not); a reader paging `items_updated_since` sees each item once at its newest number,
+# oldest first, and then nothing until the next change.
+def check_items_updated_since(store: Any) -> None:
+    assert store.items_updated_since(-1) == []
+    store.put_items({"a": {"category": "x"}, "b": {"category": "y"}, "c": {"category": "z"}})
+    first = store.items_updated_since(-1)
+    assert [i for i, _ in first] == ["a", "b", "c"]
+    seqs = [n for _, n in first]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    assert store.items_updated_since(seqs[-1]) == []
+    store.put_items({"c": {"category": "z"}, "a": {"category": "x"}})  # unchanged: not renumbered
+    assert store.items_updated_since(seqs[-1]) == []
+    store.put_item("a", {"category": "w"})  # rewritten: moves past c
+    store.put_item("b", {})  # deleted: still reported, so a reader drops it
+    page = store.items_updated_since(-1, limit=2)
+    assert [i for i, _ in page] == ["c", "a"]
+    rest = store.items_updated_since(page[-1][1])
+    assert [i for i, _ in rest] == ["b"] and rest[0][1] > page[-1][1]
+    assert store.get_items(["b"]) == [{}]
+
+
 CHECKS: list[Check] = [
+    check_items_updated_since,
     check_unknown_user_empty,
     check_append_then_get,
     check_out_of_order,

@@ -213,4 +213,18 @@ def test_rank_scores_items_added_after_training_from_their_stored_features(train
             client.rank("e2e-new", ["e2e-new-item", "e2e-no-features"])
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
         assert "e2e-no-features" in err.value.details() and "side features" in err.value.details()
+
+        # Recommend retrieves it too, with Rank's score; an item stored while serving joins within the
+        # refresh (serving.service.FRESH_TTL_S), and deleting its features takes it out again
+        def recommended() -> dict[str, float]:
+            answer = client.recommend("e2e-new", k=1000, retrieval_depth=2000)  # every candidate ranked
+            return {it.item_id: it.score for it in answer.items}
+
+        assert abs(recommended()["e2e-new-item"] - ranked.scores[0]) < 1e-5
+        store.put_item("e2e-later-item", raw)
+        time.sleep(1.2)
+        assert "e2e-later-item" in recommended()
+        store.put_item("e2e-later-item", {})
+        time.sleep(1.2)
+        assert "e2e-later-item" not in recommended()
     store.close()
