@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from recsys.data import ClickLog, split_multi
+from recsys.errors import InvalidArgument
 from recsys.features import Event, UserState
 from recsys.model import History
 from recsys.vocab import PAD, RESERVED, UNK, Vocab
@@ -58,37 +59,65 @@ class Featurizer:
 
     @classmethod
     def build(
-        cls, clog: ClickLog, window_len: int, n_positions: int, max_side_width: int = 8, position: str | None = None
+        cls,
+        clog: ClickLog,
+        window_len: int,
+        n_positions: int,
+        max_side_width: int = 8,
+        position: str | None = None,
+        base: Featurizer | None = None,
     ) -> Featurizer:
+        """Vocabularies of `clog`. With `base` (a retrain's warm start) they grow from base's instead:
+        every existing index is kept, new ids are appended, an item's side-feature row is its newest
+        (the log's item table, else base's), and the item and profile columns must be base's."""
         ev = clog.events
         item_ids = list(ev["item_id"])
         if clog.items is not None:
             item_ids += list(clog.items["item_id"])
-        items = Vocab.build(item_ids)
-        events = Vocab([*RESERVED, *sorted(set(ev["event"]))])
+        items = Vocab.build(item_ids) if base is None else base.items.extend(Vocab.build(item_ids).tokens[2:])
+        names = sorted(set(ev["event"]))
+        events = Vocab([*RESERVED, *names]) if base is None else base.events.extend(names)
+        item_cols = [c for c in clog.items.columns if c != "item_id"] if clog.items is not None else []
+        user_cols = [c for c in clog.users.columns if c != "user_id"] if clog.users is not None else []
+        if base is not None:
+            for kind, got, want in (("item", item_cols, base.item_columns), ("user", user_cols, base.user_columns)):
+                if got and tuple(got) != tuple(want):
+                    raise InvalidArgument(
+                        f"the new {kind} table's columns {got} differ from the model's {list(want)}; fix: pass a "
+                        f"table with exactly those columns, or train from scratch (python -m training fit)"
+                    )
+            item_cols, user_cols = list(base.item_columns), list(base.user_columns)
         columns, side_vocabs, tables = [], [], []
-        if clog.items is not None:
-            for col in clog.items.columns:
-                if col == "item_id":
-                    continue
-                cells = clog.items[col]
-                vocab = Vocab.build(v for cell in cells for v in cell)
+        for j, col in enumerate(item_cols):
+            cells = clog.items[col] if clog.items is not None else pd.Series([], dtype=object)
+            fresh = Vocab.build(v for cell in cells for v in cell)
+            if base is None:
+                vocab = fresh
                 width = int(min(max_side_width, max(1, cells.map(len).max())))
                 table = np.zeros((len(items), width), dtype=np.int64)
+            else:
+                vocab = base.item_side[j].extend(fresh.tokens[2:])
+                old = base.side_tables[j]
+                width = old.shape[1]
+                table = np.zeros((len(items), width), dtype=np.int64)
+                table[: len(old)] = old
+            if clog.items is not None:
                 rows = items.lookup(clog.items["item_id"])
                 for r, cell in zip(rows, cells, strict=True):
                     if cell:
                         idx = vocab.lookup(list(cell[:width]))
+                        table[r] = 0
                         table[r, : len(idx)] = idx
-                columns.append(col)
-                side_vocabs.append(vocab)
-                tables.append(table)
+            columns.append(col)
+            side_vocabs.append(vocab)
+            tables.append(table)
         user_columns, user_vocabs = [], []
-        if clog.users is not None:
-            for col in clog.users.columns:
-                if col != "user_id":
-                    user_columns.append(col)
-                    user_vocabs.append(Vocab.build(v for v in clog.users[col] if v))
+        for j, col in enumerate(user_cols):
+            values = [v for v in clog.users[col] if v] if clog.users is not None else []
+            user_columns.append(col)
+            user_vocabs.append(Vocab.build(values) if base is None else base.user_side[j].extend(values))
+        if base is not None:
+            position, n_positions, window_len = base.position, base.n_positions, base.window_len
         return cls(
             items=items,
             events=events,

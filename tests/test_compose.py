@@ -21,7 +21,7 @@ GRPC_PORT = "50051"
 def services() -> dict[str, Any]:
     yaml = pytest.importorskip("yaml", reason="PyYAML is not installed; compose checks need it")
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    assert {"redis-data", "artifacts"} <= set(compose.get("volumes") or {})
+    assert {"redis-data", "artifacts", "events"} <= set(compose.get("volumes") or {})
     return compose["services"]
 
 
@@ -42,7 +42,23 @@ def _words(command: str | list[str]) -> str:
 
 
 def test_services_exist(services):
-    assert {"redis", "trainer", "server"} <= set(services)
+    assert {"redis", "trainer", "server", "retrain"} <= set(services)
+
+
+def test_retrain_loop_exports_retrains_and_promotes_into_the_served_root(services):
+    """The scheduled retrain: events exported from the server's Redis stream (and trimmed), a warm-started
+    retrain from the live root into the same root (which the server watches), after redis and the
+    first training; events kept on their own volume so the history window survives restarts."""
+    retrain = services["retrain"]
+    command = _words(retrain["command"])
+    assert re.search(r"export-events --redis redis://redis:6379/\d+ --trim", command)
+    assert re.search(r"retrain --from /artifacts --log \S+ --history /events --window \d+", command)
+    assert "--out /artifacts" in command and "sleep" in command
+    mounts = _mounts(retrain)
+    assert mounts["/artifacts"] == ("artifacts", False) and mounts["/events"] == ("events", False)
+    assert _mounts(services["server"])["/artifacts"] == ("artifacts", True)
+    assert retrain["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert retrain["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
 
 
 def test_redis_persists(services):

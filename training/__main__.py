@@ -1,4 +1,4 @@
-"""`python -m training {synth,fit,export-events,registry} ...`: the offline command line.
+"""`python -m training {synth,fit,retrain,export-events,registry} ...`: the offline command line.
 
 Bad input exits non-zero with one line on stderr naming the file, field, value and fix.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from recsys.data import load_log
 from recsys.errors import RecsysError
-from training import export_events, registry, synth
+from training import export_events, registry, retrain, synth
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -42,12 +42,32 @@ def _fit(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.quiet:
         overrides.append("train.progress=false")
+    init_distributed()
     report = train_and_export(clog, Path(args.out), overrides, Path(args.run_dir), resume=args.resume)
+    if report is None:  # a torchrun rank other than 0: rank 0 exports and reports
+        return 0
     print(f"artifact: {report.artifact}")
     print(f"best epoch {report.fit.best_epoch} of {len(report.fit.history)}, {report.fit.seconds:.1f} s")
     print("test (leave-one-out; next item: full ranking, seen excluded; bst: AUC vs 1 sampled negative):")
     print(json.dumps(report.test, indent=1))
     return 0
+
+
+def init_distributed() -> None:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (gloo; training runs on CPU) and split
+    the machine's cores between the local ranks, so they do not oversubscribe them."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     synth.add_cli(sub)
     export_events.add_cli(sub)
     registry.add_cli(sub)
+    retrain.add_cli(sub)
     fit = sub.add_parser("fit", help="train a BST on a click log and export a versioned artifact")
     # exactly one of --log and --dataset: checked in _fit, so the error is one line with its fix
     fit.add_argument("--log", help="click log, CSV or Parquet (canonical schema, see README)")

@@ -189,6 +189,34 @@ def leave_one_out(data: EncodedLog) -> Split:
     )
 
 
+def time_split(data: EncodedLog, cutoff: float) -> Split:
+    """A global time split: every positive at or after `cutoff` is test (with all its earlier positives
+    as history); per user with >= 3 positives before it, the last of those is validation; the rest
+    train. Real negatives train only when their history ends before the user's validation positive."""
+    n_users = len(data.start)
+    flat_user = np.repeat(np.arange(n_users), data.stop - data.start)
+    before = data.times < cutoff
+    n_before = np.bincount(flat_user[before], minlength=n_users)  # positives are time-ordered per user
+    has_valid = n_before >= 3
+    valid_rows = (data.start + n_before - 1)[has_valid]
+    first = np.zeros(len(data.items), bool)
+    first[data.start] = True
+    is_valid = np.zeros(len(data.items), bool)
+    is_valid[valid_rows] = True
+    train_rows = np.flatnonzero(before & ~first & ~is_valid)
+    test_rows = np.flatnonzero(~before & ~first)
+    neg = data.negatives
+    limit = np.where(has_valid, data.start + n_before - 1, data.start + n_before)[neg.user]
+    keep = (neg.end <= limit) & (neg.end > data.start[neg.user]) & (neg.time < cutoff)
+    popularity = np.bincount(data.items[before & ~is_valid], minlength=data.n_items)
+    return Split(
+        Examples.concat([data.positives(train_rows), neg.subset(np.flatnonzero(keep))]),
+        data.positives(valid_rows),
+        data.positives(test_rows),
+        popularity,
+    )
+
+
 @dataclass
 class Windows:
     """Next-item training windows, SASRec-style: each user's training positives once per epoch, cut into
