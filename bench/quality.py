@@ -251,6 +251,7 @@ def run_seed(clog: ClickLog, seed: int, args: argparse.Namespace, work: Path) ->
     results: Results = {}
     if "bst" in args.models:
         report = train_and_export(clog, work / f"artifact-{seed}", overrides, run_dir=work / f"bst-{seed}")
+        assert report is not None  # one process: rank 0
         data, model_cfg = report.data, report.model.cfg
         split = leave_one_out(data)
         ts = TestSet.build(data, split, seed, args.eval_users)

@@ -44,7 +44,9 @@ def trained(demo_log: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
     logging.getLogger("training").setLevel(logging.WARNING)
     clog = load_log(demo_log["clicks"], demo_log["items"], demo_log["users"])
     out = tmp_path_factory.mktemp("artifacts")
-    return train_and_export(clog, out, TINY_TRAIN, run_dir=tmp_path_factory.mktemp("run"))
+    report = train_and_export(clog, out, TINY_TRAIN, run_dir=tmp_path_factory.mktemp("run"))
+    assert report is not None  # one process: rank 0
+    return report
 
 
 def free_port() -> int:

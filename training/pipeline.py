@@ -30,7 +30,7 @@ from training.evaluate import (
     served_ranks,
     user_vectors,
 )
-from training.trainer import FitResult, TrainConfig, fit
+from training.trainer import FitResult, TrainConfig, distributed, fit
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,9 @@ def test_metrics(
 
 def train_and_export(
     clog: ClickLog, out: Path, overrides: list[str] | None = None, run_dir: Path | None = None, resume: bool = False
-) -> TrainReport:
+) -> TrainReport | None:
+    """Train, export a version under `out`, and report its test metrics. Under torchrun every rank
+    trains (`training.trainer.fit`) and rank 0 alone exports; the other ranks return None."""
     model_cfg, train_cfg = configs(overrides or [])
     torch.manual_seed(train_cfg.seed)
     model, feats = build_model(clog, model_cfg)
@@ -108,6 +110,8 @@ def train_and_export(
     t0 = time.monotonic()
     result = fit(model, data, split, train_cfg, run_dir or Path("runs") / "fit", resume=resume)
     log.info("trained in %.1f s (best epoch %d)", time.monotonic() - t0, result.best_epoch)
+    if distributed()[0] > 0:
+        return None
     summary: dict[str, Any] = {
         **clog.summary(),
         "split": "leave_one_out",

@@ -162,9 +162,35 @@ def evaluate(model: nn.Module, data: EncodedLog, positives: Examples, ctr: Examp
     return out
 
 
+def distributed() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless torch.distributed is initialised (torchrun, see `fit`)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def fit(
     model: nn.Module, data: EncodedLog, split: Split, cfg: TrainConfig, run_dir: Path, resume: bool = False
 ) -> FitResult:
+    """Train `model` in place and load its best epoch's weights.
+
+    Data-parallel under torchrun (an initialised process group): every rank builds the same epoch (same
+    seeds), takes every world-th step of it with `batch_size / world` examples, so the global batch and
+    the schedule equal one process's; DistributedDataParallel averages the gradients. Every rank
+    evaluates (replicas are identical, so they take the same early-stopping decisions); rank 0 alone
+    writes the checkpoint, best weights and metrics, which the others read after a barrier (multi-node:
+    `run_dir` on a shared filesystem). A restarted job (`torchrun --max-restarts`, `resume=True`)
+    continues from the last checkpoint."""
+    rank, world = distributed()
+    if world > 1 and cfg.batch_size % world:
+        raise ValueError(f"train.batch_size={cfg.batch_size} must be divisible by the world size {world}")
+    step_batch = cfg.batch_size // world
+    trained: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -191,7 +217,7 @@ def fit(
         start_epoch, best, best_epoch, bad = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_epoch"], ckpt["bad"]
         history = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
         log.info("resumed from %s at epoch %d (best %s=%.4f)", ckpt_path, start_epoch, cfg.select_metric, best)
-    elif metrics_path.exists():
+    elif metrics_path.exists() and rank == 0:
         metrics_path.unlink()
     t0 = time.monotonic()
     seen_examples = 0
@@ -200,9 +226,12 @@ def fit(
         examples = epoch_examples(data, split, cfg, epoch, model)
         rng = np.random.default_rng([cfg.seed, epoch, 1])
         perm = rng.permutation(len(examples))
-        chunks = [perm[i : i + cfg.batch_size] for i in range(0, len(perm), cfg.batch_size)]
+        chunks = [perm[i : i + step_batch] for i in range(0, len(perm), step_batch)]
         # the epoch's next-item windows, spread evenly over its steps
         wparts = window_steps(windows, passes, len(chunks), rng)
+        if world > 1:  # this rank's share; every rank takes the same number of steps (DDP syncs each)
+            mine = slice(rank, len(chunks) // world * world, world)
+            chunks, wparts = chunks[mine], wparts[mine]
         loader = DataLoader(
             list(zip(chunks, wparts, strict=True)),
             batch_size=1,
@@ -212,10 +241,16 @@ def fit(
         )
         running, bar = (
             0.0,
-            tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False, unit="batch"),
+            tqdm(
+                loader,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                disable=not cfg.progress or rank > 0,
+                leave=False,
+                unit="batch",
+            ),
         )
         for step, batch in enumerate(bar):
-            _, loss = model(batch)
+            _, loss = trained(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -234,29 +269,32 @@ def fit(
             **{f"valid_{k}": v for k, v in metrics.items()},
         }
         history.append(record)
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        if rank == 0:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
         score = metrics[cfg.select_metric] if cfg.select_metric in metrics else metrics["auc"]
         improved = score > best
         if improved:
             best, best_epoch, bad = score, epoch + 1, 0
-            torch.save({"model": model.state_dict(), "metrics": metrics}, best_path)
+            if rank == 0:
+                torch.save({"model": model.state_dict(), "metrics": metrics}, best_path)
         else:
             bad += 1
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "epoch": epoch,
-                "best": best,
-                "best_epoch": best_epoch,
-                "bad": bad,
-                "train_config": to_dict(cfg),
-                "model_config": to_dict(model.cfg),
-            },
-            ckpt_path,
-        )
+        if rank == 0:
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "epoch": epoch,
+                    "best": best,
+                    "best_epoch": best_epoch,
+                    "bad": bad,
+                    "train_config": to_dict(cfg),
+                    "model_config": to_dict(model.cfg),
+                },
+                ckpt_path,
+            )
         log.info(
             "epoch %d: loss %.4f, valid %s=%.4f auc=%.4f%s",
             epoch + 1,
@@ -273,15 +311,18 @@ def fit(
             log.info("time budget of %.1f min spent; keeping the best epoch", cfg.max_minutes)
             break
     seconds = time.monotonic() - t0
+    if world > 1:
+        torch.distributed.barrier()  # rank 0 has written best.pt
     best_state = torch.load(best_path, weights_only=True)
     model.load_state_dict(best_state["model"])
-    plot_curve(history, run_dir / "learning_curve.png", cfg.select_metric)
+    if rank == 0:
+        plot_curve(history, run_dir / "learning_curve.png", cfg.select_metric)
     return FitResult(
         best_epoch,
         {k: float(v) for k, v in best_state["metrics"].items()},
         history,
         seconds,
-        seen_examples / seconds if seconds else 0.0,
+        seen_examples * world / seconds if seconds else 0.0,  # all ranks' examples
     )
 
 
