@@ -48,7 +48,8 @@ class Vocab:
 
     def lookup(self, values: Iterable[str] | np.ndarray | pd.Series) -> np.ndarray:
         """Indices (int64) for raw ids; unknown ids map to UNK."""
-        arr = pd.Index(np.asarray(values, dtype=object).astype(str))
+        # str() per value, not numpy's str dtype: that one drops trailing NUL characters ("\x00" -> "")
+        arr = pd.Index([str(v) for v in values], dtype=object)
         idx = self._index.get_indexer(arr)
         return np.where(idx < 0, UNK, idx).astype(np.int64)
 
