@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +163,13 @@ def evaluate(model: nn.Module, data: EncodedLog, positives: Examples, ctr: Examp
     return out
 
 
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """torch.save to a temp file, then rename: a process killed mid-write leaves the previous file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def distributed() -> tuple[int, int]:
     """(rank, world size): (0, 1) unless torch.distributed is initialised (torchrun, see `fit`)."""
     dist = torch.distributed
@@ -277,11 +285,11 @@ def fit(
         if improved:
             best, best_epoch, bad = score, epoch + 1, 0
             if rank == 0:
-                torch.save({"model": model.state_dict(), "metrics": metrics}, best_path)
+                save_atomic({"model": model.state_dict(), "metrics": metrics}, best_path)
         else:
             bad += 1
         if rank == 0:
-            torch.save(
+            save_atomic(
                 {
                     "model": model.state_dict(),
                     "optimizer": opt.state_dict(),
