@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import redis
 import torch
 
 from recsys import artifact
@@ -22,6 +23,7 @@ from recsys.data import load_log
 from recsys.errors import InvalidArgument
 from recsys.features import UserState
 from recsys.recommender import Recommender
+from serving.client import RecommenderClient
 from tests.conftest import ROOT
 from training.retrain import REFUSED_EXIT, GateConfig, grow
 
@@ -125,14 +127,47 @@ def test_grown_vocabulary_keeps_old_indices_and_a_frozen_model_scores_old_items_
 
 
 @pytest.mark.slow
-def test_retrain_learns_new_items_and_the_gate_promotes_it(trained, demo_log, tmp_path: Path) -> None:
+def test_the_daily_loop_learns_new_items_and_the_running_server_picks_the_promoted_version_up(
+    trained, demo_log, redis_proc, server_factory, tmp_path: Path
+) -> None:
+    """The README's loop against a real Redis and a running server: a month of clicks (with new items)
+    arrives through RecordEvents, export-events writes it to a date partition, retrain warm-starts from
+    the live version, the gate promotes it, the server hot-swaps to it, and it recommends the new items
+    while every old item keeps its index."""
     root = live_root(trained, tmp_path)
+    url = f"redis://{redis_proc.host}:{redis_proc.port}/6"  # a database of its own: its stream is exported
+    redis.Redis(host=redis_proc.host, port=redis_proc.port, db=6).flushdb()
+    server = server_factory(root, url)
     batch = new_batch(demo_log, tmp_path / "batch")
-    proc = run_retrain(root, batch, root)
-    out, err = proc.communicate(timeout=900)
-    assert proc.returncode == 0, err[-2000:]
-    version = latest(root)
-    assert version != trained.artifact.name and version in out
+    clicks = pd.read_parquet(batch["clicks"])
+    clicks = clicks[clicks["label"] == 1]
+    with RecommenderClient(server.target) as client:
+        for user, rows in clicks.groupby("user_id"):
+            events = list(zip(rows["item_id"], rows["timestamp"].astype(float), rows["event"], strict=True))
+            for lo in range(0, len(events), 1000):
+                client.record(str(user), events[lo : lo + 1000])
+        day = tmp_path / "events" / "date=2024-03-01"
+        day.mkdir(parents=True)
+        export = subprocess.run(
+            [sys.executable, "-m", "training", "export-events", "--redis", url, "--trim", "--quiet"]
+            + ["--out", str(day / "events.parquet")],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert export.returncode == 0, export.stderr[-2000:]
+        proc = run_retrain(root, {"clicks": day, "items": batch["items"]}, root)
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-2000:]
+        version = latest(root)
+        assert version != trained.artifact.name and version in out
+        deadline = time.monotonic() + 30  # the server polls LATEST every 5 s
+        while client.info().model_version != version and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert client.info().model_version == version
+        assert client.recommend(str(clicks["user_id"].iloc[0]), k=5).model_version == version
     manifest = json.loads((root / version / "manifest.json").read_text())
     gate = manifest["gate"]
     assert gate["promoted"] and gate["against"] == trained.artifact.name
