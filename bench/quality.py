@@ -45,7 +45,7 @@ from bench.protocols import (
 from recsys.config import to_dict
 from recsys.data import ClickLog, load_log
 from recsys.errors import RecsysError
-from recsys.model import ModelConfig
+from recsys.model import History, ModelConfig
 from recsys.recommender import Recommender
 from training import synth
 from training.baselines import (
@@ -63,6 +63,7 @@ from training.baselines import (
 )
 from training.dataset import EncodedLog, Examples, Split, leave_one_out
 from training.evaluate import (
+    batched,
     ctr_logits,
     ctr_metrics,
     rank_metrics,
@@ -178,9 +179,21 @@ def fit_cost(result: FitResult) -> dict[str, float]:
 # -- models -----------------------------------------------------------------------------------------
 
 
-def score_bst(report: TrainReport, ts: TestSet, check: bool) -> Results:
+def fast_ctr_logits(rec: Recommender, data: EncodedLog, ex: Examples, batch_size: int = 512) -> np.ndarray:
+    """Ranker logits of each example's target through the recommender's own (served) scorer."""
+    out = []
+    for sl in batched(len(ex), batch_size):
+        b = data.batch(ex.subset(np.arange(sl.start, sl.stop)))
+        hist = History(*(b[f] for f in History._fields))
+        out.append(rec.score(hist, b["target"].unsqueeze(1))[:, 0].numpy())  # (B, 1) -> (B,)
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def score_bst(report: TrainReport, ts: TestSet, check: bool, int8: bool = False) -> Results:
     """bst: the ranker (CTR, sampled-100) and the served pipeline (full ranking); retrieval: the head
-    alone. `check`: the test set is the pipeline's own, so its report must agree."""
+    alone. `check`: the test set is the pipeline's own, so its report must agree. `int8`: also
+    bst-int8, the same model served with `precision="int8"` (ranker AUC through the served scorer and
+    the served pipeline), for the quality-parity check of issue 8."""
     bst, data = report.model, report.data
     served = full(served_ranks(Recommender.load(report.artifact), data, ts.positives), ("hr@10", "ndcg@10"))
     ranker = ts.ctr(ctr_logits(bst, data, ts.pairs), calibrated=True)
@@ -189,6 +202,12 @@ def score_bst(report: TrainReport, ts: TestSet, check: bool) -> Results:
             if any(abs(ours[k] - theirs[k]) > 1e-9 for k in ours):
                 log.warning("differs from the pipeline's own test report: %s vs %s", ours, theirs)
     retrieval = retrieval_candidates(bst, data)
+    extra: Results = {}
+    if int8:
+        rec8 = Recommender.load(report.artifact, precision="int8")
+        extra["bst-int8"] = ts.ctr(fast_ctr_logits(rec8, data, ts.pairs), calibrated=True) | full(
+            served_ranks(rec8, data, ts.positives), ("hr@10", "ndcg@10")
+        )
     return {
         "bst": ranker | served | ts.sampled(model_candidates(bst, data)) | fit_cost(report.fit),
         "served": served,
@@ -197,7 +216,7 @@ def score_bst(report: TrainReport, ts: TestSet, check: bool) -> Results:
             | full(retrieval_ranks(bst, data, ts.positives))
             | ts.sampled(retrieval)
         ),
-    }
+    } | extra
 
 
 def score_model(model: nn.Module, data: EncodedLog, ts: TestSet) -> dict[str, float]:
@@ -255,7 +274,7 @@ def run_seed(clog: ClickLog, seed: int, args: argparse.Namespace, work: Path) ->
         data, model_cfg = report.data, report.model.cfg
         split = leave_one_out(data)
         ts = TestSet.build(data, split, seed, args.eval_users)
-        results.update(score_bst(report, ts, check=args.eval_users is None))
+        results.update(score_bst(report, ts, check=args.eval_users is None, int8=args.int8))
     else:  # the features and split train_and_export would build
         bst, feats = build_model(clog, model_cfg)
         data, model_cfg = EncodedLog.build(clog, feats), bst.cfg
@@ -377,6 +396,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synth-items", type=int, default=SYNTH.n_items, help="synthetic items (default %(default)s)")
     parser.add_argument("--work-dir", type=Path, help="keep artifacts and run dirs here (default: a temp dir)")
     parser.add_argument("--json", type=Path, help="write the results as JSON")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also score the BST served with precision=int8 (row bst-int8: AUC, GAUC, served HR/NDCG@10)",
+    )
     args = parser.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.dataset != "synthetic" and args.path is None:

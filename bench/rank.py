@@ -1,4 +1,4 @@
-"""Ranking alone: the reference `BST.score` against the fast single-pass scorer (fp32 and bf16).
+"""Ranking alone: the reference `BST.score` against the fast single-pass scorer (fp32, bf16, int8).
 
     python -m bench.rank [--candidates 100,500,2000] [--threads 1] [--repeats 50] [--json OUT]
 
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     fast32 = FastScorer(model)
     fast16 = FastScorer(copy.deepcopy(model).to(torch.bfloat16))
+    fast8 = FastScorer(model, int8=True)
     peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
     rows = []
     for C in (int(c) for c in args.candidates.split(",")):
@@ -82,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             ref = timeit(lambda cands=cands: model.score(hist, cands), max(5, args.repeats // 5))
             f32 = timeit(lambda cands=cands: fast32.score(hist, cands), args.repeats)
             f16 = timeit(lambda cands=cands: fast16.score(hist, cands), args.repeats)
-            gap = (fast16.score(hist, cands).float().sigmoid() - model.score(hist, cands).sigmoid()).abs().max()
+            i8 = timeit(lambda cands=cands: fast8.score(hist, cands), args.repeats)
+            want = model.score(hist, cands).sigmoid()
+            gap = (fast16.score(hist, cands).float().sigmoid() - want).abs().max()
+            gap8 = (fast8.score(hist, cands).sigmoid() - want).abs().max()
         flops = fast_flops(cfg, cfg.max_len, C)
         rows.append(
             {
@@ -93,11 +97,16 @@ def main(argv: list[str] | None = None) -> int:
                 "fast_fp32_p99_ms": float(np.percentile(f32, 99)),
                 "fast_bf16_p50_ms": float(np.median(f16)),
                 "fast_bf16_p99_ms": float(np.percentile(f16, 99)),
+                "fast_int8_p50_ms": float(np.median(i8)),
+                "fast_int8_p99_ms": float(np.percentile(i8, 99)),
                 "speedup_fp32": float(np.median(ref) / np.median(f32)),
                 "speedup_bf16": float(np.median(ref) / np.median(f16)),
+                "speedup_int8": float(np.median(ref) / np.median(i8)),
                 "fast_fp32_gflops": flops / (np.median(f32) / 1e3) / 1e9,
                 "fast_bf16_gflops": flops / (np.median(f16) / 1e3) / 1e9,
+                "fast_int8_gflops": flops / (np.median(i8) / 1e3) / 1e9,
                 "bf16_max_prob_gap": float(gap),
+                "int8_max_prob_gap": float(gap8),
             }
         )
     print(
@@ -106,16 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "| candidates | reference p50 / p99 ms | fast fp32 p50 / p99 ms | fast bf16 p50 / p99 ms "
-        "| speed-up fp32 / bf16 | GFLOP/s fp32 / bf16 | bf16 max prob gap |"
+        "| fast int8 p50 / p99 ms | speed-up fp32 / bf16 / int8 | GFLOP/s fp32 / bf16 / int8 "
+        "| max prob gap bf16 / int8 |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['candidates']} | {r['reference_p50_ms']:.2f} / {r['reference_p99_ms']:.2f} "
             f"| {r['fast_fp32_p50_ms']:.2f} / {r['fast_fp32_p99_ms']:.2f} "
             f"| {r['fast_bf16_p50_ms']:.2f} / {r['fast_bf16_p99_ms']:.2f} "
-            f"| {r['speedup_fp32']:.1f}x / {r['speedup_bf16']:.1f}x "
-            f"| {r['fast_fp32_gflops']:.1f} / {r['fast_bf16_gflops']:.1f} | {r['bf16_max_prob_gap']:.4f} |"
+            f"| {r['fast_int8_p50_ms']:.2f} / {r['fast_int8_p99_ms']:.2f} "
+            f"| {r['speedup_fp32']:.1f}x / {r['speedup_bf16']:.1f}x / {r['speedup_int8']:.1f}x "
+            f"| {r['fast_fp32_gflops']:.1f} / {r['fast_bf16_gflops']:.1f} / {r['fast_int8_gflops']:.1f} "
+            f"| {r['bf16_max_prob_gap']:.4f} / {r['int8_max_prob_gap']:.4f} |"
         )
     if args.json:
         with open(args.json, "w") as f:

@@ -99,10 +99,12 @@ class Recommender:
         retriever: Retriever | None = None,
         retrieval_depth: int = DEFAULT_RETRIEVAL_DEPTH,
         scorer: Literal["fast", "reference"] = "fast",
-        precision: Literal["fp32", "bf16"] = "fp32",
+        precision: Literal["fp32", "bf16", "int8"] = "fp32",
     ):
-        """`precision="bf16"`: the fast ranker runs on a bfloat16 copy of the weights (retrieval stays
-        fp32, so FAISS queries are unchanged); bench/rank.py measures the speed and the score gap."""
+        """`precision="bf16"`: the fast ranker runs on a bfloat16 copy of the weights; `"int8"`: its
+        per-candidate MLP runs as dynamically quantized int8 linears (`recsys.fast.quantize_int8`).
+        Retrieval stays fp32 either way, so FAISS queries are unchanged. bench/rank.py measures the speed
+        and the score gap, `bench.quality --int8` the served quality beside fp32."""
         self.artifact = art
         self.model = art.model.eval()
         self.fast: FastScorer | None = None
@@ -116,7 +118,7 @@ class Recommender:
                         "and several times slower than fp32 here (bench/rank.py); prefer fp32",
                         torch.backends.cpu.get_cpu_capability(),
                     )
-                self.fast = FastScorer(ranker)
+                self.fast = FastScorer(ranker, int8=precision == "int8")
             except UnsupportedConfig as err:
                 log.warning("serving %s with the reference scorer: %s", art.version, err)
         elif precision != "fp32":
@@ -249,26 +251,16 @@ class Recommender:
                 "(new items are learned at the next retrain)"
             )
         hist = self.featurizer.encode_states([user], float(now if now is not None else _now()))
-        candidates = torch.from_numpy(idx).unsqueeze(0)  # (1, C)
         if len(unknown_at) == 0:
-            logits = self.score(hist, candidates)  # (1, C)
-        else:
-            assert self.fast is not None
-            emb = self._item_embeddings(idx, unknown_at, [new_items[item_ids[int(j)]] for j in unknown_at])
-            with torch.inference_mode():
-                logits = self.fast.score_prepared(self.fast.prepare(hist), candidates, emb.unsqueeze(0)).float()
+            logits = self.score(hist, torch.from_numpy(idx).unsqueeze(0))  # (1, C)
+        else:  # the same embeddings and scorer as Recommend's fresh items
+            unknown = list(dict.fromkeys(item_ids[int(j)] for j in unknown_at))
+            fresh = self.fresh_items({i: new_items[i] for i in unknown})
+            base = len(self.featurizer.items)
+            idx = idx.copy()
+            idx[unknown_at] = [base + fresh.position[item_ids[int(j)]] for j in unknown_at]
+            logits = self._score_fresh(hist, idx[None, :], None, fresh)  # (1, C)
         return [float(x) for x in torch.sigmoid(logits[0])]
-
-    def _item_embeddings(self, idx: np.ndarray, unknown_at: np.ndarray, features: list[Mapping[str, str]]) -> Tensor:
-        """(C, d) candidate embeddings: catalogue items from the model's tables, the items at
-        `unknown_at` from the unknown-item id and their own side features."""
-        assert self.fast is not None
-        items = self.fast.model.items
-        with torch.inference_mode():
-            emb = items(torch.from_numpy(np.where(idx >= FIRST_ITEM, idx, UNK)))  # (C, d)
-            sides = [torch.from_numpy(rows) for rows in self.featurizer.side_rows(features)]  # per column (n, W)
-            emb[torch.from_numpy(unknown_at)] = items.embed(torch.full((len(unknown_at),), UNK), sides)  # (n, d)
-        return emb
 
     def score(self, hist: History, candidates: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
         """Ranker logits (B, C): the fast single-pass scorer, or the reference for unsupported configs."""
@@ -344,8 +336,9 @@ class Recommender:
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [(cands[b, order[b]], probs[b, order[b]]) for b in range(len(users))]
 
-    def _score_fresh(self, hist: History, cands: np.ndarray, user: Tensor, fresh: FreshItems) -> Tensor:
-        """Ranker logits (B, C) for candidates among which some are fresh (index >= len(vocabulary))."""
+    def _score_fresh(self, hist: History, cands: np.ndarray, user: Tensor | None, fresh: FreshItems) -> Tensor:
+        """Ranker logits (B, C) for candidates among which some are fresh (index >= len(vocabulary)).
+        `user`: the retrieval vectors when already computed (else the scorer computes them)."""
         assert self.fast is not None  # fresh items exist only for models that serve new items
         base = len(self.featurizer.items)
         is_fresh = cands >= base
@@ -353,7 +346,7 @@ class Recommender:
             ids = torch.from_numpy(np.where(is_fresh, UNK, cands))  # (B, C)
             emb = self.fast.model.items(ids)  # (B, C, d)
             emb[torch.from_numpy(is_fresh)] = fresh.ranker[torch.from_numpy(cands[is_fresh] - base)]
-            state = self.fast.prepare(hist, user.to(emb.dtype))
+            state = self.fast.prepare(hist, None if user is None else user.to(emb.dtype))
             return self.fast.score_prepared(state, ids, emb).float()
 
     def _answer(

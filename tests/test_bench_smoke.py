@@ -60,3 +60,28 @@ def test_bench_train_compares_one_and_two_processes(tmp_path: Path) -> None:
     for r in runs.values():
         assert r["examples_per_second"] > 0 and 0 <= r["valid_ndcg@10"] <= 1 and 0 <= r["valid_auc"] <= 1
     assert "vs 1 process" in done.stdout
+
+
+def test_bench_rank_compares_reference_fp32_bf16_and_int8(tmp_path: Path) -> None:
+    out = tmp_path / "rank.json"
+    done = _run("bench.rank", "--candidates", "20", "--repeats", "3", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    for kind in ("reference", "fast_fp32", "fast_bf16", "fast_int8"):
+        assert 0 < row[f"{kind}_p50_ms"] <= row[f"{kind}_p99_ms"]
+    assert 0 <= row["bf16_max_prob_gap"] < 0.05 and 0 <= row["int8_max_prob_gap"] < 0.05
+
+
+def test_bench_quality_scores_the_int8_server_beside_fp32(tmp_path: Path) -> None:
+    out = tmp_path / "quality.json"
+    done = _run(
+        "bench.quality",
+        *("--dataset", "synthetic", "--synth-users", "120", "--synth-items", "100", "--epochs", "1"),
+        *("--models", "bst,popular", "--int8", "--json", str(out)),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    models = json.loads(out.read_text())["models"]
+    assert {"bst", "served", "retrieval", "bst-int8", "popular"} <= set(models)
+    for key in ("auc", "gauc", "hr@10", "ndcg@10"):
+        assert 0 <= models["bst-int8"][key] <= 1
+    assert abs(models["bst-int8"]["auc"] - models["bst"]["auc"]) < 0.05  # same model, int8 hidden layers
