@@ -9,13 +9,14 @@ No arguments needed: it starts its own throwaway `redis-server` and servers, and
    size calls for). Weights are freshly initialised, not trained: latency does not depend on them,
    and training a 100k-item model would dominate the run. Quality is `bench/quality.py`'s job.
 2. Bulk-loads the users' histories into Redis with `python -m serving.features load`.
-3. Starts `python -m serving` (fast scorer, user-state cache) and drives Recommend from this process
+3. Starts `python -m serving` (its defaults: fast scorer, user-state cache, one model thread batching
+   concurrent requests; plus `--server-args`) and drives Recommend from this process
    (a grpc.aio client; a separate process from the server) with `--candidates` candidates retrieved
    and ranked per request and the top 10 returned, for `--requests` requests at each concurrency
    level, then open-loop at a fixed offered rate (latency counted from each request's scheduled
    send time, so a stall is not hidden by the client waiting).
-4. Restarts the server as the naive baseline: the reference `score` (fp32, no single-pass scoring)
-   and no user-state cache, and drives it the same way.
+4. Restarts the server as the naive baseline: the reference `score` (fp32, no single-pass scoring),
+   no user-state cache and no batching (`NAIVE_FLAGS`), and drives it the same way.
 5. Prints p50/p95/p99, throughput and errors per level for both, their p50 ratio, the per-stage
    breakdown from the server's own Prometheus histograms, and saves a latency plot (PNG).
 """
@@ -49,7 +50,21 @@ from proto.recsys.v1 import recommender_pb2_grpc as pb_grpc
 
 log = logging.getLogger("bench.serve")
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("queue", "feature_fetch", "retrieval_and_ranking", "serialization")
+STAGES = ("queue", "feature_fetch", "batch_wait", "retrieval_and_ranking", "serialization")
+# the naive baseline: the reference score, fp32, no user-state cache, no model thread (each of 4 workers
+# computes its own request on 1 intra-op thread: the server's behaviour before batching)
+NAIVE_FLAGS = [
+    "--scorer",
+    "reference",
+    "--precision",
+    "fp32",
+    "--cache-size",
+    "0",
+    "--batch-max",
+    "0",
+    "--workers",
+    "4",
+]
 
 
 def free_port() -> int:
@@ -284,13 +299,14 @@ def label(row: dict[str, Any]) -> str:
 
 def table(title: str, rows: list[dict[str, Any]]) -> str:
     head = (
-        "| load | p50 ms | p95 ms | p99 ms | req/s | errors | fetch ms | queue ms | retrieve+rank ms | serialise ms |"  # noqa: E501
+        "| load | p50 ms | p95 ms | p99 ms | req/s | errors | fetch ms | queue ms | batch wait ms "
+        "| retrieve+rank ms | serialise ms |"
     )
-    lines = [f"**{title}**", "", head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"**{title}**", "", head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
             f"| {label(r)} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps']:.1f} | "
-            f"{r['errors']} | {r['feature_fetch_ms']:.2f} | {r['queue_ms']:.2f} | "
+            f"{r['errors']} | {r['feature_fetch_ms']:.2f} | {r['queue_ms']:.2f} | {r['batch_wait_ms']:.2f} | "
             f"{r['retrieval_and_ranking_ms']:.2f} | {r['serialization_ms']:.3f} |"
         )
     return "\n".join(lines)
@@ -360,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         with server(art, url, work, "fast", args.server_args.split()) as s:
             fast = run_levels(s, users, levels, args.requests, args.rate or None, args.candidates)
             fast_flags = " ".join(args.server_args.split()) or "defaults"
-        with server(art, url, work, "naive", ["--scorer", "reference", "--cache-size", "0"]) as s:
+        with server(art, url, work, "naive", NAIVE_FLAGS) as s:
             naive = run_levels(s, users, levels, args.baseline_requests, None, args.candidates)
     plot(fast, naive, args.plot)
 
@@ -371,9 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Redis, {args.candidates} candidates ranked per request, top 10 returned; {os.cpu_count()} cores; "
         f"untrained weights (speed only)\n"
     )
-    print(table(f"fast scorer + user-state cache (server flags: {fast_flags})", fast))
+    print(table(f"default server: fast scorer, user-state cache, model thread (server flags: {fast_flags})", fast))
     print()
-    print(table("naive baseline: reference score, fp32, no cache", naive))
+    print(table(f"naive baseline: reference score, fp32, no cache, no batching ({' '.join(NAIVE_FLAGS)})", naive))
     print(f"\np50 at c={levels[0]}: baseline / fast = {b1['p50_ms'] / c1['p50_ms']:.1f}x; plot: {args.plot}")
     if args.json:
         summary = {

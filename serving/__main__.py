@@ -38,8 +38,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    f"(default {d.features})")  # fmt: skip
     p.add_argument("--host", help=f"bind address, 0.0.0.0 in a container (default {d.host})")
     p.add_argument("--port", type=int, help=f"0 picks a free port (default {d.port})")
-    p.add_argument("--workers", type=int, help=f"threads running model/store calls (default {d.workers})")
-    p.add_argument("--torch-threads", type=int, help=f"intra-op threads per torch call (default {d.torch_threads})")
+    p.add_argument("--workers", type=int, help=f"threads handling requests (default {d.workers})")
+    p.add_argument(
+        "--torch-threads", type=int, help=f"intra-op threads of torch and FAISS, 0 = auto (default {d.torch_threads})"
+    )
+    p.add_argument(
+        "--batch-max",
+        type=int,
+        help=f"Recommend calls batched on the model thread, 0 = no model thread (default {d.batch_max})",
+    )
+    p.add_argument("--batch-wait-ms", type=float, help=f"longest wait to gather a batch (default {d.batch_wait_ms})")
     p.add_argument("--max-history", type=int, help=f"events kept per user (default {d.max_history})")
     p.add_argument("--max-message-bytes", type=int, help=f"default {d.max_message_bytes}")
     p.add_argument("--grace", dest="grace_s", type=float, help=f"seconds to drain on SIGTERM (default {d.grace_s})")

@@ -62,10 +62,17 @@ class Metrics:
         self.stages = Histogram(
             "recsys_stage_duration_seconds",
             "Time per request stage: queue (waiting for a worker), feature_fetch (store read, cache hits "
-            "excluded), retrieval_and_ranking (Recommend's model call), ranking (Rank's model call), "
+            "excluded), batch_wait (waiting for the model thread, gathering included), retrieval_and_ranking "
+            "(Recommend's model call), ranking (Rank's model call), "
             "feature_write (RecordEvents' store write), serialization (building the response message).",
             ["method", "stage"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "recsys_model_batch_size",
+            "Calls computed together by the model thread (one recommend_batch; Rank calls count 1).",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=r,
         )
         self.cache_lookups = Counter(

@@ -55,7 +55,7 @@ def warm_up(model: Recommender) -> None:
 
 class ModelOptions(TypedDict, total=False):
     scorer: Literal["fast", "reference"]
-    precision: Literal["fp32", "bf16"]
+    precision: Literal["fp32", "bf16", "int8"]
 
 
 def load_and_warm(path: Path, options: ModelOptions | None = None) -> Recommender:

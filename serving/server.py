@@ -5,10 +5,12 @@ The servicers only translate: proto in -> one service call on the worker pool ->
 catch exceptions; `serving.errors.ErrorInterceptor` turns domain errors into statuses, with
 `serving.interceptors` around it (request ids, metrics, access log; tokens, concurrency bound).
 
-Threading: the asyncio loop only does gRPC I/O. Model and store calls block (torch, redis-py), so they
-run on a dedicated `ThreadPoolExecutor` of `config.workers` threads, each torch call using
-`config.torch_threads` intra-op threads; workers * torch_threads should not exceed the cores given to
-the container. Requests beyond `workers` wait in the executor's queue, not on the loop, and at most
+Threading: the asyncio loop only does gRPC I/O. Store calls block (redis-py), so they run on a
+dedicated `ThreadPoolExecutor` of `config.workers` threads; model calls run on one model thread
+(`serving.batching.ModelThread`) with `torch_threads` intra-op threads (default: the process's cores),
+which batches concurrent Recommend calls. With `batch_max=0` the workers compute themselves, each
+with `torch_threads` (default 1), and workers * torch_threads should not exceed the cores given to the
+container. Requests beyond `workers` wait in the executor's queue, not on the loop, and at most
 `config.max_concurrent` are admitted at once. A call whose deadline passes while it waits is never
 computed.
 """
@@ -20,6 +22,7 @@ import contextvars
 import functools
 import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -27,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 import grpc
@@ -44,6 +47,7 @@ from recsys.features import Event, FeatureStore
 from recsys.index import set_search_threads
 from recsys.recommender import Recommender
 from recsys.store import open_store
+from serving.batching import ModelThread
 from serving.cache import UserStateCache
 from serving.config import ServerConfig
 from serving.errors import DeadlineExceeded, ErrorInterceptor
@@ -170,6 +174,7 @@ class App:
     metrics: Metrics
     reloader: ModelReloader
     guard: GuardInterceptor
+    model_thread: ModelThread | None
     _metrics_http: MetricsHTTPServer | None = field(default=None, init=False, repr=False)
     _watcher: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
@@ -206,6 +211,8 @@ class App:
             self._watcher.cancel()
         await self.server.stop(self.config.grace_s if grace is None else grace)
         await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=True)
+        if self.model_thread is not None:
+            await asyncio.to_thread(self.model_thread.close)
         self.service.store.close()
         if self._metrics_http is not None:
             await asyncio.to_thread(self._metrics_http.close)
@@ -226,10 +233,11 @@ async def build_server(config: ServerConfig) -> App:
     server with the Recommender and Admin services, health (SERVING for "" and each service),
     reflection and the interceptors. Raises `ArtifactError` for a bad artifact, `InvalidArgument` for a
     bad store URL or unreadable TLS files, `Unavailable` when the store or the port cannot be had."""
-    # Process-wide and deliberate: parallelism comes from `workers` threads, not from intra-op threads
-    # that would oversubscribe the cores once several requests run at once.
-    torch.set_num_threads(config.torch_threads)
-    set_search_threads(config.torch_threads)  # FAISS too: parallelism comes from the workers
+    # Process-wide and deliberate: with the model thread, one computation at a time uses every core;
+    # without it, parallelism comes from the workers and intra-op threads would oversubscribe the cores.
+    threads = torch_threads(config)
+    torch.set_num_threads(threads)
+    set_search_threads(threads)
 
     # The store first: opening it only parses the URL (no I/O), so a bad URL fails before the slow load.
     store = open_store(config.features, max_history=config.max_history)
@@ -238,7 +246,7 @@ async def build_server(config: ServerConfig) -> App:
         credentials = _server_credentials(config)
         options: ModelOptions = {
             "scorer": "reference" if config.scorer == "reference" else "fast",
-            "precision": "bf16" if config.precision == "bf16" else "fp32",
+            "precision": cast(Literal["fp32", "bf16", "int8"], config.precision),
         }
         recommender = await asyncio.to_thread(load_and_warm, Path(config.artifact), options)
         if urlsplit(config.features).scheme == "memory":
@@ -246,7 +254,8 @@ async def build_server(config: ServerConfig) -> App:
             logger.info("seeded memory:// store with %d users from the artifact's training log", users)
         metrics = Metrics()
         cache = UserStateCache(config.cache_size, config.cache_ttl)
-        service = RecommendationService(recommender, store, cache=cache, metrics=metrics)
+        model_thread = ModelThread(metrics, config.batch_max, config.batch_wait_ms / 1e3) if config.batch_max else None
+        service = RecommendationService(recommender, store, cache=cache, metrics=metrics, model_thread=model_thread)
         reloader = ModelReloader(service, config.artifact, executor, metrics, options)
         guard = GuardInterceptor(
             config.max_concurrent, config.write_tokens, config.read_tokens, config.require_read_token
@@ -286,6 +295,7 @@ async def build_server(config: ServerConfig) -> App:
         store.close()
         raise
     return App(
+        model_thread=model_thread,
         config=config,
         server=server,
         port=port,
@@ -318,7 +328,7 @@ async def serve(config: ServerConfig) -> None:
         await app.start()
         model = app.service.recommender
         logger.info(
-            "serving %s model %s (%d items) on %s (%s); metrics %s; %d workers x %d torch threads",
+            "serving %s model %s (%d items) on %s (%s); metrics %s; %d workers; %s, %d torch threads",
             SERVICE_NAME,
             model.version,
             model.n_items,
@@ -326,7 +336,8 @@ async def serve(config: ServerConfig) -> None:
             "TLS" if config.tls_cert else "plaintext",
             f"http://{_address(_dial_host(config.host), app.metrics_port)}/metrics" if app.metrics_port else "off",
             config.workers,
-            config.torch_threads,
+            f"one model thread, batches of up to {config.batch_max}" if config.batch_max else "no batching",
+            torch_threads(config),
         )
         try:
             await stop.wait()
@@ -337,6 +348,14 @@ async def serve(config: ServerConfig) -> None:
     finally:
         for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
+
+
+def torch_threads(config: ServerConfig) -> int:
+    """`config.torch_threads`, or for 0 the cores this process may use (one model thread) or 1 (workers
+    compute)."""
+    if config.torch_threads:
+        return config.torch_threads
+    return len(os.sched_getaffinity(0)) if config.batch_max else 1
 
 
 def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:

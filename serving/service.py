@@ -34,6 +34,7 @@ from recsys.data import KNOWN_EVENTS
 from recsys.errors import InvalidArgument, Unavailable
 from recsys.features import DEFAULT_EVENT, Event, FeatureStore, UserState
 from recsys.recommender import MAX_RANK_ITEMS, Filters, FreshItems, Recommendation, Recommender
+from serving.batching import Key, ModelThread
 from serving.cache import UserStateCache
 from serving.metrics import Metrics
 
@@ -81,10 +82,12 @@ class RecommendationService:
         *,
         cache: UserStateCache | None = None,
         metrics: Metrics | None = None,
+        model_thread: ModelThread | None = None,
     ) -> None:
         self._recommender = recommender
         self._store = store
         self._clock = clock
+        self._model_thread = model_thread  # None: model calls run on the calling thread
         self._swap_lock = threading.Lock()
         self._cache = cache if cache is not None else UserStateCache(0, 0.0)
         self._metrics = metrics if metrics is not None else Metrics()
@@ -143,9 +146,28 @@ class RecommendationService:
         _check_user_id(user_id)
         at = self._resolve_now(now)
         filters = Filters(allow=allow, deny=deny, unavailable=self._unavailable_items())
-        user, degraded = self._read_user(user_id, "Recommend")
-        with self._metrics.stage("Recommend", "retrieval_and_ranking"):
-            rec = model.recommend_batch([user], k, exclude_seen, at, depth, filters, self._fresh_items(model))[0]
+        if self._model_thread is None:
+            user, degraded = self._read_user(user_id, "Recommend")
+            with self._metrics.stage("Recommend", "retrieval_and_ranking"):
+                rec = model.recommend_batch([user], k, exclude_seen, at, depth, filters, self._fresh_items(model))[0]
+        else:  # batched with concurrent calls of the same parameters on the model thread
+            with self._model_thread.arriving() as ticket:
+                user, degraded = self._read_user(user_id, "Recommend")
+                fresh = self._fresh_items(model)
+                key = Key(
+                    model=model,
+                    model_id=id(model),
+                    k=k,
+                    exclude_seen=exclude_seen,
+                    depth=depth,
+                    allow=None if allow is None else tuple(allow),
+                    deny=tuple(deny),
+                    unavailable=frozenset(filters.unavailable),
+                    fresh=id(fresh) if fresh is not None else 0,
+                    filters=filters,
+                    fresh_items=fresh,
+                )
+                rec = self._model_thread.recommend(key, user, at, ticket)
         return dataclasses.replace(rec, reason=degraded) if degraded else rec
 
     def rank(self, user_id: str, item_ids: Sequence[str], now: float | None = None) -> Ranking:
@@ -160,8 +182,13 @@ class RecommendationService:
         if unknown and len(item_ids) <= MAX_RANK_ITEMS:  # items added after training: their side features
             with self._metrics.stage("Rank", "feature_fetch"):
                 new_items = dict(zip(unknown, self._store.get_items(unknown), strict=True))
-        with self._metrics.stage("Rank", "ranking"):
-            scores = list(model.rank(user, item_ids, now=at, new_items=new_items))
+        if self._model_thread is None:
+            with self._metrics.stage("Rank", "ranking"):
+                scores = list(model.rank(user, item_ids, now=at, new_items=new_items))
+        else:
+            scores = list(
+                self._model_thread.call("Rank", lambda: model.rank(user, item_ids, now=at, new_items=new_items))
+            )
         return Ranking(scores=scores, model_version=model.version, reason=degraded)
 
     def record_events(self, user_id: str, events: Sequence[Event]) -> UserState:
