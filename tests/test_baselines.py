@@ -5,6 +5,7 @@ beats most-popular and ItemKNN by a margin a broken model cannot reach."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from training.baselines import (
 from training.dataset import EncodedLog, Split, leave_one_out, next_item_windows
 from training.evaluate import gauc, rank_metrics, score_ranks
 from training.pipeline import TrainReport, build_model
-from training.trainer import TrainConfig, fit
+from training.trainer import BUDGET_CHECK_STEPS, TrainConfig, fit
 
 SIZES = ModelConfig(
     n_items=60,
@@ -225,6 +226,24 @@ def test_baselines_train_through_the_one_loop(
     some = split.test.subset(np.arange(50))
     ranks = score_ranks(catalogue_scorer(model, data), data, some)
     assert ranks.shape == (50,) and (ranks >= 0).all() and (ranks <= data.n_items).all()
+
+
+def test_the_time_budget_cuts_an_epoch_short(encoded: tuple[EncodedLog, ModelConfig], tmp_path: Path) -> None:
+    """A spent budget ends the epoch at the next check (every BUDGET_CHECK_STEPS steps), which is then
+    validated, marked partial and kept as the best; no later epoch runs."""
+    data, cfg = encoded
+    full = leave_one_out(data)
+    split = Split(full.train.subset(np.arange(4000)), full.valid.subset(np.arange(200)), full.test, full.popularity)
+    model = make("wdl", cfg=cfg)
+    train = TrainConfig(
+        epochs=3, batch_size=32, hard_negatives=0, eval_examples=200, progress=False, select_metric="auc", max_minutes=0
+    )
+    assert len(split.train) // train.batch_size > 2 * BUDGET_CHECK_STEPS  # an epoch has more steps than one check
+    result = fit(model, data, split, train, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1] and records[0]["partial"] is True
+    assert result.best_epoch == 1
+    assert result.examples_per_second > 0
 
 
 @pytest.mark.parametrize("length", [4, 7, 50])

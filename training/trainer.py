@@ -56,7 +56,8 @@ class TrainConfig:
     eval_examples: int = 5000  # validation examples evaluated per epoch (a fixed random subset)
     seed: int = 0  # seeds torch and numpy; a run is reproducible on the same machine
     num_workers: int = 0  # DataLoader worker processes building batches
-    max_minutes: float = 30.0  # wall-clock budget; the best epoch so far is kept when it runs out
+    max_minutes: float = 30.0  # wall-clock budget, checked every BUDGET_CHECK_STEPS steps: the epoch it ends is cut
+    # short and validated, and the best epoch so far is kept
     progress: bool = True  # tqdm progress bar with the running loss
 
 
@@ -163,6 +164,20 @@ def evaluate(model: nn.Module, data: EncodedLog, positives: Examples, ctr: Examp
     return out
 
 
+BUDGET_CHECK_STEPS = 20  # steps between checks of the time budget within an epoch
+
+
+def over_budget(t0: float, max_minutes: float, world: int) -> bool:
+    """Whether `max_minutes` have passed since `t0`: on any rank, so that every rank stops at the
+    same step (under DDP a rank that stopped alone would leave the others waiting in all-reduce)."""
+    over = (time.monotonic() - t0) / 60 > max_minutes
+    if world > 1:
+        flag = torch.tensor([float(over)])
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        over = bool(flag.item())
+    return over
+
+
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """torch.save to a temp file, then rename: a process killed mid-write leaves the previous file."""
     tmp = path.with_name(path.name + ".tmp")
@@ -229,6 +244,7 @@ def fit(
         metrics_path.unlink()
     t0 = time.monotonic()
     seen_examples = 0
+    out_of_time = False
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         examples = epoch_examples(data, split, cfg, epoch, model)
@@ -267,6 +283,10 @@ def fit(
             running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
             bar.set_postfix(loss=f"{running:.4f}")
             seen_examples += len(batch["label"])
+            if step % BUDGET_CHECK_STEPS == BUDGET_CHECK_STEPS - 1 and over_budget(t0, cfg.max_minutes, world):
+                log.info("time budget of %.1f min spent at step %d of epoch %d", cfg.max_minutes, step + 1, epoch + 1)
+                out_of_time = True
+                break
         bar.close()
         metrics = evaluate(model, data, valid_pos, valid_ctr)
         record = {
@@ -276,6 +296,8 @@ def fit(
             "seconds": round(time.monotonic() - t0, 2),
             **{f"valid_{k}": v for k, v in metrics.items()},
         }
+        if out_of_time:
+            record["partial"] = True  # the budget ended this epoch early
         history.append(record)
         if rank == 0:
             with metrics_path.open("a") as f:
@@ -315,7 +337,7 @@ def fit(
         if bad >= cfg.patience:
             log.info("early stop: no improvement in %d epochs", bad)
             break
-        if (time.monotonic() - t0) / 60 > cfg.max_minutes:
+        if out_of_time or over_budget(t0, cfg.max_minutes, world):
             log.info("time budget of %.1f min spent; keeping the best epoch", cfg.max_minutes)
             break
     seconds = time.monotonic() - t0
