@@ -23,8 +23,8 @@ class Vocab:
         if tuple(tokens[:2]) != RESERVED:
             raise ValueError(f"a vocabulary starts with {RESERVED}, got {tuple(tokens[:2])}")
         self.tokens: list[str] = list(tokens)
-        self._index = pd.Index(self.tokens)
-        if not self._index.is_unique:
+        self._position = {t: i for i, t in enumerate(self.tokens)}  # id -> index, for `lookup`
+        if len(self._position) != len(self.tokens):
             raise ValueError("vocabulary tokens must be unique")
 
     @classmethod
@@ -37,21 +37,25 @@ class Vocab:
 
     def extend(self, values: Iterable[str]) -> Vocab:
         """A new vocabulary with every unseen value appended; existing indices are unchanged."""
-        new = [v for v in dict.fromkeys(str(v) for v in values) if v not in self._index]
+        new = [v for v in dict.fromkeys(str(v) for v in values) if v not in self._position]
         return Vocab([*self.tokens, *new])
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     def __contains__(self, value: object) -> bool:
-        return str(value) in self._index and str(value) not in RESERVED
+        return str(value) in self._position and str(value) not in RESERVED
 
     def lookup(self, values: Iterable[str] | np.ndarray | pd.Series) -> np.ndarray:
         """Indices (int64) for raw ids; unknown ids map to UNK."""
-        # str() per value, not numpy's str dtype: that one drops trailing NUL characters ("\x00" -> "")
-        arr = pd.Index([str(v) for v in values], dtype=object)
-        idx = self._index.get_indexer(arr)
-        return np.where(idx < 0, UNK, idx).astype(np.int64)
+        # A dict probe per value: about 0.1 us each, and no per-call cost in the vocabulary's size (a
+        # pandas get_indexer between an arrow-string index and object ids rebuilt its hash table of the
+        # whole vocabulary on every call: 22 ms at 100k items, three times per request). str() per
+        # value, not numpy's str dtype: that one drops trailing NUL characters ("\x00" -> "").
+        pos = self._position
+        get = pos.get
+        values = values.tolist() if isinstance(values, np.ndarray | pd.Series) else values
+        return np.fromiter((get(v if type(v) is str else str(v), UNK) for v in values), dtype=np.int64)
 
     def index(self, value: str) -> int:
         return int(self.lookup([value])[0])
