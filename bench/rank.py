@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from recsys.fast import FastScorer
+from recsys.fast import FastScorer, keep_freed_memory
 from recsys.model import BST, History, ModelConfig
 
 
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the server does
     torch.manual_seed(0)
     cfg = ModelConfig(n_items=100_002, side_sizes=(1002,), side_widths=(1,), user_sizes=(10, 5))
     model = BST(cfg).eval()

@@ -33,8 +33,9 @@ SERIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("recsys_degraded_responses_total", "counter", ("method", "reason")),
     ("recsys_model_info", "gauge", ("version", "created_at")),
     ("recsys_model_reloads_total", "counter", ("result",)),
+    ("recsys_model_batch_size", "histogram", ()),
 )
-STAGES = ("queue", "feature_fetch", "retrieval_and_ranking", "ranking", "feature_write", "serialization")
+STAGES = ("queue", "feature_fetch", "batch_wait", "retrieval_and_ranking", "ranking", "feature_write", "serialization")
 DEGRADED_REASONS = ("degraded_cache", "degraded_fallback")
 RELOAD_RESULTS = ("ok", "unchanged", "failed")
 

@@ -176,8 +176,10 @@ def test_metrics_endpoint_exposes_every_documented_series(trained) -> None:
     for method, stage in [
         ("Recommend", "queue"),
         ("Recommend", "feature_fetch"),
+        ("Recommend", "batch_wait"),
         ("Recommend", "retrieval_and_ranking"),
         ("Recommend", "serialization"),
+        ("Rank", "batch_wait"),
         ("Rank", "ranking"),
         ("RecordEvents", "feature_write"),
     ]:
