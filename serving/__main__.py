@@ -39,9 +39,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", help=f"bind address, 0.0.0.0 in a container (default {d.host})")
     p.add_argument("--port", type=int, help=f"0 picks a free port (default {d.port})")
     p.add_argument("--workers", type=int, help=f"threads handling requests (default {d.workers})")
-    p.add_argument(
-        "--torch-threads", type=int, help=f"intra-op threads of torch and FAISS, 0 = auto (default {d.torch_threads})"
-    )
+    p.add_argument("--torch-threads", type=int, help=f"torch intra-op threads, 0 = auto (default {d.torch_threads})")
     p.add_argument(
         "--batch-max",
         type=int,
