@@ -51,9 +51,9 @@ class ServerConfig:
     workers: int = 32
     max_message_bytes: int = 4 * 1024 * 1024  # both directions; a maximal Rank (10k ids) fits in ~2.6 MB
     grace_s: float = 5.0  # on SIGTERM, in-flight requests get this long before they are cancelled
-    # torch's intra-op threads (process-wide; FAISS always gets one, see serving.server). 0 = auto: the cores this process may use when
-    # one model thread computes (batch_max >= 1), else 1 (then parallelism comes from the workers, and
-    # workers x torch_threads above the cores would oversubscribe them).
+    # torch's intra-op threads (process-wide; FAISS always gets one, see serving.server). 0 = auto: the
+    # cores this process may use when one model thread computes (batch_max >= 1), else 1 (then
+    # parallelism comes from the workers, and workers x torch_threads above the cores would oversubscribe).
     torch_threads: int = 0
     # Micro-batching: every model call runs on one model thread, and up to batch_max concurrent
     # Recommend calls with the same parameters become one batch (serving.batching). 0 = no model
