@@ -203,8 +203,9 @@ def score_bst(report: TrainReport, ts: TestSet, check: bool, int8: bool = False)
                 log.warning("differs from the pipeline's own test report: %s vs %s", ours, theirs)
     retrieval = retrieval_candidates(bst, data)
     extra: Results = {}
-    if int8:
+    if int8:  # like for like: the ranker's AUC through the served (fast) scorer, fp32 and int8
         rec8 = Recommender.load(report.artifact, precision="int8")
+        extra["bst-fast-fp32"] = ts.ctr(fast_ctr_logits(Recommender.load(report.artifact), data, ts.pairs), True)
         extra["bst-int8"] = ts.ctr(fast_ctr_logits(rec8, data, ts.pairs), calibrated=True) | full(
             served_ranks(rec8, data, ts.positives), ("hr@10", "ndcg@10")
         )
@@ -399,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--int8",
         action="store_true",
-        help="also score the BST served with precision=int8 (row bst-int8: AUC, GAUC, served HR/NDCG@10)",
+        help="also score the BST served with precision=int8 (row bst-int8: AUC, GAUC, served HR/NDCG@10) beside "
+        "the same fp32 scorer (row bst-fast-fp32: AUC, GAUC)",
     )
     args = parser.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]

@@ -81,7 +81,7 @@ def test_bench_quality_scores_the_int8_server_beside_fp32(tmp_path: Path) -> Non
     )
     assert done.returncode == 0, done.stderr[-3000:]
     models = json.loads(out.read_text())["models"]
-    assert {"bst", "served", "retrieval", "bst-int8", "popular"} <= set(models)
+    assert {"bst", "served", "retrieval", "bst-fast-fp32", "bst-int8", "popular"} <= set(models)
     for key in ("auc", "gauc", "hr@10", "ndcg@10"):
         assert 0 <= models["bst-int8"][key] <= 1
-    assert abs(models["bst-int8"]["auc"] - models["bst"]["auc"]) < 0.05  # same model, int8 hidden layers
+    assert abs(models["bst-int8"]["auc"] - models["bst-fast-fp32"]["auc"]) < 0.05  # same scorer, int8 hidden layers
