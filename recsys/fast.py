@@ -112,7 +112,6 @@ class FastScorer:
             raise InvalidArgument("int8=True quantizes an fp32 model; fix: pass the fp32 model")
         self.model = model
         self.cfg = model.cfg
-        self.int8 = int8
         d = self.cfg.d_model
         first = model.mlp[0]
         assert isinstance(first, nn.Linear)

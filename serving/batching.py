@@ -42,8 +42,7 @@ MODEL_STAGE = {"Recommend": "retrieval_and_ranking", "Rank": "ranking"}  # the m
 class Key:
     """What the calls of one `recommend_batch` share."""
 
-    model: Recommender = field(compare=False)
-    model_id: int  # id(model): a batch never mixes two versions during a hot swap
+    model: Recommender  # compared by identity: a batch never mixes two versions during a hot swap
     k: int
     exclude_seen: bool
     depth: int | None

@@ -156,7 +156,6 @@ class RecommendationService:
                 fresh = self._fresh_items(model)
                 key = Key(
                     model=model,
-                    model_id=id(model),
                     k=k,
                     exclude_seen=exclude_seen,
                     depth=depth,
