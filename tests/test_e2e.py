@@ -209,8 +209,11 @@ def test_rank_scores_items_added_after_training_from_their_stored_features(train
     server = server_factory(trained.artifact, url)
     known = feats.items.tokens[2:5]
     with RecommenderClient(server.target) as client:
-        client.record("e2e-new", [(known[0], time.time(), "click")])
-        ranked = client.rank("e2e-new", ["e2e-new-item", *known])
+        # one request time for every call below: the history's time-gap buckets (two per octave of seconds)
+        # and the hour-of-day context would otherwise differ between a Rank and a Recommend a second apart
+        at = time.time()
+        client.record("e2e-new", [(known[0], at - 600, "click")])
+        ranked = client.rank("e2e-new", ["e2e-new-item", *known], request_time=at)
         assert len(ranked.scores) == 4 and all(0.0 < s < 1.0 for s in ranked.scores)
         with pytest.raises(grpc.RpcError) as err:
             client.rank("e2e-new", ["e2e-new-item", "e2e-no-features"])
@@ -220,7 +223,7 @@ def test_rank_scores_items_added_after_training_from_their_stored_features(train
         # Recommend retrieves it too, with Rank's score; an item stored while serving joins within the
         # refresh (serving.service.FRESH_TTL_S), and deleting its features takes it out again
         def recommended() -> dict[str, float]:
-            answer = client.recommend("e2e-new", k=1000, retrieval_depth=2000)  # every candidate ranked
+            answer = client.recommend("e2e-new", k=1000, request_time=at, retrieval_depth=2000)  # all ranked
             return {it.item_id: it.score for it in answer.items}
 
         assert abs(recommended()["e2e-new-item"] - ranked.scores[0]) < 1e-5
