@@ -71,11 +71,9 @@ class Featurizer:
         every existing index is kept, new ids are appended, an item's side-feature row is its newest
         (the log's item table, else base's), and the item and profile columns must be base's."""
         ev = clog.events
-        item_ids = list(ev["item_id"])
-        if clog.items is not None:
-            item_ids += list(clog.items["item_id"])
+        item_ids = ev["item_id"] if clog.items is None else pd.concat([ev["item_id"], clog.items["item_id"]])
         items = Vocab.build(item_ids) if base is None else base.items.extend(Vocab.build(item_ids).tokens[2:])
-        names = sorted(set(ev["event"]))
+        names = sorted(str(e) for e in ev["event"].unique())
         events = Vocab([*RESERVED, *names]) if base is None else base.events.extend(names)
         item_cols = [c for c in clog.items.columns if c != "item_id"] if clog.items is not None else []
         user_cols = [c for c in clog.users.columns if c != "user_id"] if clog.users is not None else []

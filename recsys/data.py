@@ -17,11 +17,14 @@ header excluded) and the fix.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
 
 from recsys.errors import DataValidationError
 from recsys.features import DEFAULT_EVENT
@@ -59,23 +62,61 @@ class ClickLog:
         return out
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
+STREAM_ROWS = 1 << 20  # rows per chunk when a log is read: bounds the raw strings held at once
+
+
+def _table_kind(path: str | Path) -> tuple[Path, str]:
     p = Path(path)
     if not p.exists():
         raise DataValidationError(str(p), "file not found", "pass an existing CSV or Parquet path")
     suffix = "".join(p.suffixes[-2:]) if p.suffix == ".gz" else p.suffix
-    try:
-        if p.is_dir() or suffix in (".parquet", ".pq"):
-            return pd.read_parquet(p)
-        if suffix in (".csv", ".csv.gz"):
-            return pd.read_csv(p, dtype=str, keep_default_na=False, na_values=[""])
-        if suffix in (".tsv", ".tsv.gz"):
-            return pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
-    except (ValueError, OSError) as err:
-        raise DataValidationError(str(p), f"cannot be parsed ({err})", "pass a valid CSV or Parquet file") from err
+    if p.is_dir() or suffix in (".parquet", ".pq"):
+        return p, "parquet"
+    if suffix in (".csv", ".csv.gz"):
+        return p, "csv"
+    if suffix in (".tsv", ".tsv.gz"):
+        return p, "tsv"
     raise DataValidationError(
         str(p), f"unsupported file type {suffix!r}", "use .csv, .tsv, .parquet or a Parquet directory"
     )
+
+
+def iter_table(path: str | Path, batch_rows: int = STREAM_ROWS) -> Iterator[pd.DataFrame]:
+    """A CSV or TSV file, a Parquet file, or a directory of Parquet files (hive-partitioned like
+    `date=2026-11-29/`, as `training export-events` writes), as frames of at most `batch_rows` rows in
+    file order. Parquet streams through `pyarrow.dataset` record batches with little read-ahead, so a
+    file larger than memory is read with memory bounded by the chunk size. At least one frame is
+    yielded (an empty one, with the file's columns, for an empty file)."""
+    p, kind = _table_kind(path)
+    try:
+        if kind == "parquet":
+            dataset = pads.dataset(p, format="parquet", partitioning="hive")
+            seen = False
+            batches = dataset.to_batches(batch_size=batch_rows, batch_readahead=1, fragment_readahead=1)
+            for batch in batches:
+                if batch.num_rows:
+                    seen = True
+                    yield batch.to_pandas()
+            if not seen:
+                yield dataset.schema.empty_table().to_pandas()
+        else:
+            sep = "\t" if kind == "tsv" else ","
+            reader = pd.read_csv(p, sep=sep, dtype=str, keep_default_na=False, na_values=[""], chunksize=batch_rows)
+            with reader:
+                seen = False
+                for frame in reader:
+                    seen = True
+                    yield frame
+            if not seen:
+                yield pd.read_csv(p, sep=sep, dtype=str, nrows=0)
+    except (ValueError, OSError, pa.ArrowException, pd.errors.ParserError) as err:
+        raise DataValidationError(str(p), f"cannot be parsed ({err})", "pass a valid CSV or Parquet file") from err
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A whole table at once: for item and user tables (one row per id, so they are catalogue-sized)."""
+    frames = list(iter_table(path))
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
 def _require(df: pd.DataFrame, file: str, column: str, what: str) -> None:
@@ -134,13 +175,13 @@ def _timestamps(df: pd.DataFrame, file: str) -> pd.Series:
     return secs.astype("float64").round().astype("int64")
 
 
-def validate_log(df: pd.DataFrame, file: str, events: tuple[str, ...] = KNOWN_EVENTS) -> tuple[pd.DataFrame, bool]:
-    """The canonical events frame, sorted by user then time (stable), and whether it had time."""
+def _canonical(df: pd.DataFrame, file: str, events: tuple[str, ...], has_time: bool) -> pd.DataFrame:
+    """The canonical columns of one chunk, checked; rows in file order. Without time, `timestamp` is
+    filled later (`_finish`): file order per user spans chunks."""
     for col in ("user_id", "item_id"):
         _require(df, file, col, "the raw ids")
     out = pd.DataFrame({"user_id": _ids(df, file, "user_id"), "item_id": _ids(df, file, "item_id")})
-    has_time = "timestamp" in df.columns
-    out["timestamp"] = _timestamps(df, file) if has_time else df.groupby(out["user_id"]).cumcount().astype("int64")
+    out["timestamp"] = _timestamps(df, file) if has_time else np.zeros(len(df), np.int64)
     if "event" in df.columns:
         ev = df["event"].fillna(DEFAULT_EVENT).astype(str).str.strip().str.lower().replace("", DEFAULT_EVENT)
         unknown = ~ev.isin(events)
@@ -167,8 +208,40 @@ def validate_log(df: pd.DataFrame, file: str, events: tuple[str, ...] = KNOWN_EV
         out["label"] = lab.astype("int8").to_numpy()
     else:
         out["label"] = np.where(out["event"] == "impression", 0, 1).astype("int8")
-    out = out.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
-    return out, has_time
+    return out
+
+
+def _finish(parts: list[pd.DataFrame], has_time: bool) -> pd.DataFrame:
+    """Chunks joined, ordinal time filled when the log had none, sorted by user then time (stable)."""
+    out = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+    parts.clear()  # the chunks are copied into `out`: let them go before the sort copies it again
+    if not has_time:
+        out["timestamp"] = out.groupby("user_id", sort=False).cumcount().astype("int64")
+    return out.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+
+
+def validate_log(df: pd.DataFrame, file: str, events: tuple[str, ...] = KNOWN_EVENTS) -> tuple[pd.DataFrame, bool]:
+    """The canonical events frame, sorted by user then time (stable), and whether it had time."""
+    has_time = "timestamp" in df.columns
+    return _finish([_canonical(df, file, events, has_time)], has_time), has_time
+
+
+def read_log(
+    path: str | Path, events: tuple[str, ...] = KNOWN_EVENTS, batch_rows: int = STREAM_ROWS
+) -> tuple[pd.DataFrame, bool]:
+    """`validate_log` over a file read chunk by chunk (`iter_table`): only the canonical columns of
+    rows read so far are kept (arrow strings, about 40 bytes an event), never the whole raw file.
+    Errors name the row in the file, as if it had been read at once."""
+    file, parts, rows, has_time = str(path), [], 0, True
+    for chunk in iter_table(path, batch_rows):
+        if not rows:
+            has_time = "timestamp" in chunk.columns
+        try:
+            parts.append(_canonical(chunk, file, events, has_time))
+        except DataValidationError as err:
+            raise err.shifted(rows) from None
+        rows += len(chunk)
+    return _finish(parts, has_time), has_time
 
 
 def split_multi(value: object) -> tuple[str, ...]:
@@ -204,7 +277,7 @@ def load_log(
     events: tuple[str, ...] = KNOWN_EVENTS,
 ) -> ClickLog:
     """Read and validate a click log and its optional item and user tables."""
-    ev, has_time = validate_log(read_table(log_path), str(log_path), events)
+    ev, has_time = read_log(log_path, events)
     items = validate_side_table(read_table(items_path), str(items_path), "item_id") if items_path else None
     users = validate_side_table(read_table(users_path), str(users_path), "user_id") if users_path else None
     if users is not None:

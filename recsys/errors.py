@@ -60,6 +60,12 @@ class DataValidationError(InvalidArgument):
             where.append(f"row {row}")
         super().__init__(f"{', '.join(where)}: {problem}; fix: {fix}")
         self.file, self.column, self.row = file, column, row
+        self.problem, self.fix = problem, fix
+
+    def shifted(self, rows_before: int) -> DataValidationError:
+        """The same error for a chunk that starts after `rows_before` rows of its file."""
+        row = None if self.row is None else self.row + rows_before
+        return DataValidationError(self.file, self.problem, self.fix, self.column, row)
 
 
 class ArtifactError(RecsysError):

@@ -30,8 +30,8 @@ class Vocab:
     @classmethod
     def build(cls, values: Iterable[str]) -> Vocab:
         """Most frequent first (ties by id), so popular items get small indices."""
-        counts = pd.Series(list(values) if not isinstance(values, pd.Series) else values).astype(str)
-        counts = counts.value_counts()
+        series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+        counts = (series if pd.api.types.is_string_dtype(series) else series.astype(str)).value_counts()
         order = sorted(zip(counts.index, counts.to_numpy(), strict=True), key=lambda kv: (-kv[1], kv[0]))
         return cls([*RESERVED, *(str(k) for k, _ in order if k not in RESERVED)])
 
@@ -52,6 +52,10 @@ class Vocab:
         # pandas get_indexer between an arrow-string index and object ids rebuilt its hash table of the
         # whole vocabulary on every call: 22 ms at 100k items, three times per request). str() per
         # value, not numpy's str dtype: that one drops trailing NUL characters ("\x00" -> "").
+        if isinstance(values, pd.Series) and len(values) > 1024:
+            # a log column: each distinct id probed once (arrow factorize), then gathered
+            codes, uniques = pd.factorize(values)
+            return self.lookup(list(uniques))[codes]
         pos = self._position
         get = pos.get
         values = values.tolist() if isinstance(values, np.ndarray | pd.Series) else values

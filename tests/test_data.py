@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recsys.config import apply_overrides, from_dict
-from recsys.data import load_log
+from recsys.data import load_log, read_log
 from recsys.errors import DataValidationError, InvalidArgument
 from recsys.model import ModelConfig
 from recsys.vocab import PAD, UNK, Vocab
@@ -95,6 +95,54 @@ def test_vocab_reserves_padding_and_unknown_and_extends_stably() -> None:
     assert PAD == 0 and "<pad>" not in v and "a" in v
     grown = v.extend(["d", "a", "e", "d"])
     assert grown.tokens[: len(v)] == v.tokens and grown.tokens[len(v) :] == ["d", "e"]
+
+
+MIXED = pd.DataFrame(
+    {
+        "user_id": ["b", "a", "b", "c", "a", "b", "a", "c", "b"],
+        "item_id": [9, 1, 8, 5, 2, 7, 3, 4, 6],
+        "timestamp": [30, 10, 30, 50, 20, 10, 15, 40, 20],  # ties within a user keep file order
+        "event": ["click", "cart", "click", "", "click", "purchase", "click", "click", "click"],
+        "label": [1, 1, 0, 1, 1, 1, 1, 0, 1],
+    }
+)
+
+
+@pytest.mark.parametrize("name", ["log.csv", "log.parquet"])
+@pytest.mark.parametrize("with_time", [True, False])
+@pytest.mark.parametrize("batch_rows", [1, 2, 4])
+def test_reading_in_chunks_equals_reading_at_once(tmp_path: Path, name: str, with_time: bool, batch_rows: int) -> None:
+    # contract: the chunk size never changes the result, even when a user's rows span chunks and the log
+    # has no time (file order per user is then the time order, across chunks)
+    frame = MIXED if with_time else MIXED.drop(columns="timestamp")
+    path = write(tmp_path, name, frame)
+    whole, has_time = read_log(path, batch_rows=10_000)
+    chunked, chunked_time = read_log(path, batch_rows=batch_rows)
+    assert has_time == chunked_time == with_time
+    pd.testing.assert_frame_equal(chunked, whole)
+    if not with_time:
+        assert list(whole.loc[whole["user_id"] == "b", "item_id"]) == ["9", "8", "7", "6"]
+        assert list(whole.loc[whole["user_id"] == "b", "timestamp"]) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("name", ["log.csv", "log.parquet"])
+def test_errors_in_later_chunks_name_the_row_of_the_file(tmp_path: Path, name: str) -> None:
+    frame = MIXED.assign(timestamp=MIXED["timestamp"].astype(str))
+    frame.loc[6, "timestamp"] = "soon"  # data row 7
+    path = write(tmp_path, name, frame)
+    with pytest.raises(DataValidationError, match=r"column 'timestamp', row 7: unparsable timestamp 'soon'"):
+        read_log(path, batch_rows=2)
+
+
+def test_a_date_partitioned_parquet_directory_is_one_log(tmp_path: Path) -> None:
+    # the layout `training export-events` writes: ROOT/date=YYYY-MM-DD/*.parquet
+    root = tmp_path / "events"
+    for day, rows in (("2026-11-27", MIXED.iloc[:5]), ("2026-11-28", MIXED.iloc[5:])):
+        (root / f"date={day}").mkdir(parents=True)
+        rows.to_parquet(root / f"date={day}" / "part-0.parquet", index=False)
+    whole = load_log(write(tmp_path, "all.parquet", MIXED)).events
+    pd.testing.assert_frame_equal(load_log(root).events, whole)
+    pd.testing.assert_frame_equal(read_log(root, batch_rows=3)[0], whole)
 
 
 @settings(max_examples=50, deadline=None)

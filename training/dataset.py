@@ -64,16 +64,18 @@ class EncodedLog:
         ev = clog.events
         pos = ev[ev["label"] == 1]
         user_ids = np.array(sorted(pos["user_id"].unique()), dtype=object)
-        row_of = pd.Series(np.arange(len(user_ids)), index=user_ids)
-        urow = row_of.reindex(pos["user_id"]).to_numpy()
+        row_of = pd.Index(user_ids)
+        codes, uniques = pd.factorize(pos["user_id"])  # each distinct user located once, then gathered
+        urow = row_of.get_indexer(uniques)[codes]
         counts = np.bincount(urow, minlength=len(user_ids))
         stop = np.cumsum(counts)
         start = stop - counts
         items = featurizer.items.lookup(pos["item_id"].to_numpy())
         times = pos["timestamp"].to_numpy().astype(np.int64)
         events = featurizer.events.lookup(pos["event"].to_numpy())
-        neg = ev[(ev["label"] == 0) & ev["user_id"].isin(row_of.index)]
-        nrow = row_of.reindex(neg["user_id"]).to_numpy().astype(np.int64)
+        neg = ev[(ev["label"] == 0) & ev["user_id"].isin(row_of)]
+        codes, uniques = pd.factorize(neg["user_id"])
+        nrow = row_of.get_indexer(uniques)[codes].astype(np.int64)
         ntime = neg["timestamp"].to_numpy().astype(np.int64)
         # history of a shown-not-clicked row: the user's positives strictly before it
         nend = np.array(
