@@ -77,12 +77,16 @@ def popular_list(popularity: np.ndarray) -> list[tuple[int, float]]:
 
 
 def test_metrics(
-    model: BST, rec: Recommender, data: EncodedLog, split: Split, seed: int
+    model: BST, rec: Recommender, data: EncodedLog, split: Split, seed: int, max_users: int = 0
 ) -> dict[str, dict[str, float]]:
     """Held-out test metrics. Next item: full ranking over all items, seen excluded. CTR: each test
-    positive against one uniform negative with the same history."""
+    positive against one uniform negative with the same history. With `max_users`, on that many test
+    users drawn at random (one test example per user)."""
     rng = np.random.default_rng([seed, 20_000])
     test = split.test
+    if 0 < max_users < len(test):
+        test = test.subset(np.sort(rng.choice(len(test), max_users, replace=False)))
+        log.info("test metrics on %d of %d test users (train.test_users)", max_users, len(split.test))
     ctr = type(test).concat([test, sample_negatives(data, test, 1, rng)])
     pop = torch.from_numpy(split.popularity.astype(np.float32))
     out = {
@@ -136,5 +140,5 @@ def train_and_export(
         },
     )
     rec = Recommender.load(path)
-    test = test_metrics(model, rec, data, split, train_cfg.seed)
+    test = test_metrics(model, rec, data, split, train_cfg.seed, train_cfg.test_users)
     return TrainReport(path, result, test, model, data)

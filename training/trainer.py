@@ -54,6 +54,8 @@ class TrainConfig:
     patience: int = 3  # epochs without validation improvement before stopping
     select_metric: str = "ndcg@10"  # validation metric that picks the best epoch (retrieval or ctr key)
     eval_examples: int = 5000  # validation examples evaluated per epoch (a fixed random subset)
+    test_users: int = 20_000  # test users evaluated after training (a fixed random sample; 0 = all): the
+    # served metric runs the whole pipeline per user, an hour for a million users
     seed: int = 0  # seeds torch and numpy; a run is reproducible on the same machine
     num_workers: int = 0  # DataLoader worker processes building batches
     max_minutes: float = 30.0  # wall-clock budget, checked every BUDGET_CHECK_STEPS steps: the epoch it ends is cut
@@ -239,6 +241,10 @@ def fit(
         sched.load_state_dict(ckpt["scheduler"])
         start_epoch, best, best_epoch, bad = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_epoch"], ckpt["bad"]
         history = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+        # a job killed after an epoch's metrics line but before its checkpoint repeats that epoch: drop the line
+        history = [h for h in history if h["epoch"] <= start_epoch]
+        if rank == 0:
+            metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
         log.info("resumed from %s at epoch %d (best %s=%.4f)", ckpt_path, start_epoch, cfg.select_metric, best)
     elif metrics_path.exists() and rank == 0:
         metrics_path.unlink()
