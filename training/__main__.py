@@ -65,7 +65,18 @@ def init_distributed() -> None:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("gloo")
+        # torchrun's agent keeps one key-value store across restarts (--max-restarts): the previous round's
+        # rank addresses are still in it, and a restarted rank that reads one connects to a dead process
+        # ("Gloo connectFullMesh failed ... Connection refused"; pytorch/pytorch#167288). A prefix per
+        # restart gives each round fresh keys.
+        rank, restart = int(os.environ["RANK"]), os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        store = dist.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=rank == 0 and not agent_store
+        )
+        dist.init_process_group(
+            "gloo", store=dist.PrefixStore(f"recsys/round{restart}", store), rank=rank, world_size=world
+        )
     local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
 
