@@ -35,9 +35,14 @@ def timeit(fn: Callable[[], object], repeats: int, warmup: int = 3) -> np.ndarra
     return out * 1e3  # ms
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 20) -> float:
+def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 20, budget_s: float = 2.0) -> float:
+    """GFLOP/s of an n x n GEMM: the median of `repeats` runs, fewer where one run is slow (bf16 without
+    hardware support runs at about 1 GFLOP/s here: 20 runs would take 45 s)."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    ms = np.median(timeit(lambda: a @ b, repeats))
+    t0 = time.perf_counter()
+    a @ b  # warm-up, and the time of one run
+    one = time.perf_counter() - t0
+    ms = np.median(timeit(lambda: a @ b, max(3, min(repeats, int(budget_s / max(one, 1e-9)))), warmup=0))
     return 2 * n**3 / (ms / 1e3) / 1e9
 
 

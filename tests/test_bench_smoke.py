@@ -53,7 +53,7 @@ def test_bench_retrieval_prints_the_recall_latency_table(tmp_path: Path) -> None
 
 def test_bench_train_compares_one_and_two_processes(tmp_path: Path) -> None:
     out = tmp_path / "train.json"
-    done = _run("bench.train", "--users", "150", "--items", "100", "--epochs", "1", "--json", str(out))
+    done = _run("bench.train", "--users", "80", "--items", "80", "--epochs", "1", "--json", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     runs = json.loads(out.read_text())["runs"]
     assert set(runs) == {"1 process", "2 processes (torchrun)"}

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recsys.errors import InvalidArgument
+
 log = logging.getLogger(__name__)
 
 FORMATS = ("parquet", "csv")
@@ -383,13 +385,17 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Write the files for the parsed `synth` arguments and print one summary line."""
-    cfg = SynthConfig(
-        n_users=args.users,
-        n_items=args.items,
-        n_categories=args.categories,
-        events_per_user=args.events_per_user,
-        seed=args.seed,
-    )
+    try:
+        cfg = SynthConfig(
+            n_users=args.users,
+            n_items=args.items,
+            n_categories=args.categories,
+            events_per_user=args.events_per_user,
+            seed=args.seed,
+        )
+    except ValueError as err:
+        given = f"--users {args.users} --items {args.items} --categories {args.categories}"
+        raise InvalidArgument(f"synth {given}: {err}; fix: change those options") from None
     clicks, items, users = generate(cfg)
     paths = write_frames(clicks, items, users, args.out, args.format)
     n_clicks = int((clicks["event"] == "click").sum())
