@@ -66,7 +66,15 @@ def check_state_dict_round_trip(model: BST, hist: History, cands: torch.Tensor) 
     torch.testing.assert_close(clone.encode_user(hist), model.encode_user(hist), rtol=0, atol=0)
 
 
+def check_user_vector_is_the_causal_encoders_newest_position(model: BST, hist: History, cands: torch.Tensor) -> None:
+    """`encode_user` (whose last block computes the newest position alone) equals the full causal
+    encoder's newest output."""
+    full = model.encode_sequence(hist.items[:, -model.cfg.retrieval_len :])[:, -1]
+    torch.testing.assert_close(model.encode_user(hist), full, atol=1e-5, rtol=1e-5)
+
+
 CHECKS = [
+    check_user_vector_is_the_causal_encoders_newest_position,
     check_deterministic,
     check_padding_invariant,
     check_candidates_do_not_see_each_other,

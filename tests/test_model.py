@@ -10,7 +10,9 @@ from tests.model_contract import CHECKS, random_history
 
 CONFIGS = {
     "paper_default": ModelConfig(n_items=60, side_sizes=(9,), side_widths=(1,), user_sizes=(4, 3)),
-    "multi_valued_attrs": ModelConfig(n_items=60, side_sizes=(9, 30), side_widths=(1, 4), user_sizes=()),
+    "multi_valued_attrs": ModelConfig(
+        n_items=60, side_sizes=(9, 30), side_widths=(1, 4), user_sizes=(), retrieval_blocks=1
+    ),
     "two_blocks_flatten": ModelConfig(n_items=60, n_blocks=2, pooling="flatten", mlp_dims=(64, 32)),
     "ordinal": ModelConfig(n_items=60, position="ordinal", n_positions=60, max_len=10, retrieval_len=20),
 }

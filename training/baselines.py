@@ -306,8 +306,12 @@ class SASRec(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Logits (B,): user . target (uncalibrated: the loss never sees them as probabilities). Loss: the
         next-item cross-entropy over the batch's `next_items` windows, as the BST's retrieval head
-        (without them, over the positive rows' own histories)."""
+        (without them, over the positive rows' own histories while training; none in eval mode)."""
         items = batch["items"][:, -self.cfg.max_len :]  # (B, T)
+        if not self.training and "next_items" not in batch:  # evaluation reads the logits (see BST.forward)
+            user = self.encode_sequence(items)[:, -1]  # (B, d)
+            logits = (user * self.items(batch["target"])).sum(-1)  # (B,)
+            return logits, logits.new_zeros(())
         if "next_items" in batch:
             seq, nxt = batch["next_items"], batch["next_targets"]  # (S, T)
             with torch.no_grad():
