@@ -85,3 +85,24 @@ def test_bench_quality_scores_the_int8_server_beside_fp32(tmp_path: Path) -> Non
     for key in ("auc", "gauc", "hr@10", "ndcg@10"):
         assert 0 <= models["bst-int8"][key] <= 1
     assert abs(models["bst-int8"]["auc"] - models["bst-fast-fp32"]["auc"]) < 0.05  # same scorer, int8 hidden layers
+
+
+def test_bench_memory_generator_writes_a_time_ordered_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the 20M-event generator at toy size: exactly N events, written in global time order over several
+    # Parquet parts, every user with >= 5 clicks (so leave-one-out keeps them), and `load_log` reads it
+    import numpy as np
+    import pandas as pd
+
+    from bench import memory
+    from recsys.data import load_log
+
+    monkeypatch.setattr(memory, "PART_ROWS", 700)
+    paths = memory.generate(tmp_path, n_events=3_000, n_users=100, n_items=500)
+    assert len(list(paths["clicks"].glob("*.parquet"))) == 5
+    raw = pd.read_parquet(paths["clicks"])
+    assert len(raw) == 3_000 and raw["timestamp"].is_monotonic_increasing
+    clog = load_log(paths["clicks"], paths["items"])
+    per_user = clog.events.groupby("user_id").size()
+    assert len(per_user) == 100 and per_user.min() >= 5
+    assert clog.items is not None and set(clog.events["item_id"]) <= set(clog.items["item_id"])
+    assert np.all(np.diff(clog.events.groupby("user_id")["timestamp"].apply(list).iloc[0]) > 0)
