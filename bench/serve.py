@@ -56,6 +56,8 @@ STAGES = ("queue", "feature_fetch", "batch_wait", "retrieval_and_ranking", "seri
 NAIVE_FLAGS = [
     "--scorer",
     "reference",
+    "--state-cache",
+    "0",
     "--precision",
     "fp32",
     "--cache-size",

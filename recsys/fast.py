@@ -26,10 +26,14 @@ from __future__ import annotations
 import copy
 import ctypes
 import math
+import threading
 import warnings
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -187,3 +191,110 @@ class FastScorer:
 
     def score(self, history: History, candidates: Tensor, user: Tensor | None = None) -> Tensor:
         return self.score_prepared(self.prepare(history, user), candidates)
+
+
+@dataclass(frozen=True)
+class _Row:
+    user: Tensor  # (d,) retrieval user vector
+    keys: tuple[Tensor, ...]  # per block, (h, n, hd): the n real behaviors only
+    values: tuple[Tensor, ...]
+    request: Tensor  # (H1,)
+
+
+class StateCache:
+    """Per-user state of the fast path (the retrieval user vector and `UserState`), LRU-bounded.
+
+    Keyed by the encoded history row itself (items, time-gap buckets, event types, profile, context),
+    not by a user id: a hit is exact by construction. A recorded event changes the row, so that user's
+    next request misses (the old entry ages out); the gap buckets and the hour of day move with the
+    request time, so an entry serves a user's repeated requests within minutes (refreshes, pages),
+    not across days. The cache belongs to one `Recommender`, so a new model version starts empty.
+    Thread-safe (the server may call the model from several threads)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._rows: OrderedDict[bytes, _Row] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @staticmethod
+    def key(hist: History, b: int) -> bytes:
+        """Row b of a left-padded batch, leading padding dropped: the same history in batches of other
+        widths has the same key."""
+        n = int((hist.items[b] > 0).sum())
+        parts = [np.array([n])] + [f[b, f.shape[1] - n :].numpy() for f in (hist.items, hist.positions, hist.events)]
+        parts += [hist.user[b].numpy(), hist.context[b].numpy()]
+        return np.concatenate([p.astype(np.int64) for p in parts]).tobytes()
+
+    def get(self, key: bytes) -> _Row | None:
+        with self._lock:
+            row = self._rows.get(key)
+            if row is None:
+                self.misses += 1
+                return None
+            self._rows.move_to_end(key)
+            self.hits += 1
+            return row
+
+    def put(self, key: bytes, row: _Row) -> None:
+        with self._lock:
+            self._rows[key] = row
+            self._rows.move_to_end(key)
+            while len(self._rows) > self.size:
+                self._rows.popitem(last=False)
+
+
+def prepare_cached(
+    scorer: FastScorer, encode_user: Callable[[History], Tensor], hist: History, cache: StateCache | None
+) -> tuple[Tensor, UserState]:
+    """The retrieval user vectors (B, d) and the ranking state of `hist`, computing only the rows
+    `cache` does not hold; equal to `encode_user(hist)` and `scorer.prepare(hist, user)` (a cached
+    row's keys and values are re-padded on the left, where the attention masks them out)."""
+    B = hist.items.shape[0]
+    keys = [StateCache.key(hist, b) for b in range(B)] if cache is not None else []
+    rows: list[_Row | None] = [cache.get(k) for k in keys] if cache is not None else [None] * B
+    missing = [b for b, r in enumerate(rows) if r is None]
+    if missing:
+        sub = History(*(f[missing] for f in hist))
+        with torch.inference_mode():
+            user = encode_user(sub)  # (M, d)
+            state = scorer.prepare(sub, user.to(scorer.bias.dtype) if scorer.cfg.retrieval_feature else None)
+        for i, b in enumerate(missing):
+            n = int(state.valid[i].sum())
+            L = state.valid.shape[1]
+            row = _Row(
+                user[i].clone(),
+                tuple(k[i, :, L - n :].clone() for k in state.keys),
+                tuple(v[i, :, L - n :].clone() for v in state.values),
+                state.request[i].clone(),
+            )
+            rows[b] = row
+            if cache is not None:
+                cache.put(keys[b], row)
+        if len(missing) == B and cache is None:
+            return user, state
+    full = [r for r in rows if r is not None]
+    L = max(1, max(r.keys[0].shape[1] if r.keys else 0 for r in full))
+    n_blocks = len(full[0].keys)
+    out_keys, out_values = [], []
+    for j in range(n_blocks):
+        h, _, hd = full[0].keys[j].shape
+        k = full[0].keys[j].new_zeros(B, h, L, hd)  # (B, h, L, hd)
+        v = full[0].values[j].new_zeros(B, h, L, hd)
+        for b, r in enumerate(full):
+            n = r.keys[j].shape[1]
+            k[b, :, L - n :] = r.keys[j]
+            v[b, :, L - n :] = r.values[j]
+        out_keys.append(k)
+        out_values.append(v)
+    valid = torch.zeros(B, L, dtype=torch.bool)
+    for b, r in enumerate(full):
+        valid[b, L - (r.keys[0].shape[1] if r.keys else 0) :] = True
+    user = torch.stack([r.user for r in full])  # (B, d)
+    request = torch.stack([r.request for r in full])  # (B, H1)
+    ranker_user = user.to(scorer.bias.dtype) if scorer.cfg.retrieval_feature else None
+    return user, UserState(tuple(out_keys), tuple(out_values), valid, request, ranker_user)

@@ -21,7 +21,8 @@ from torch import Tensor
 
 from recsys import artifact as artifact_format
 from recsys.errors import InvalidArgument, NotFound
-from recsys.fast import FastScorer, UnsupportedConfig
+from recsys.fast import FastScorer, StateCache, UnsupportedConfig, prepare_cached
+from recsys.fast import UserState as RankState
 from recsys.features import Event, UserState
 from recsys.index import FIRST_ITEM, Retriever
 from recsys.model import History
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 MAX_K = 1000  # Recommend: 1 <= k <= MAX_K
 MAX_RANK_ITEMS = 10_000  # Rank: at most this many item ids per request
 DEFAULT_RETRIEVAL_DEPTH = 200  # candidates retrieved and ranked per request
+DEFAULT_STATE_CACHE = 4096  # users whose ranking state is kept (about 15 KB each at the default sizes)
 MAX_RETRIEVAL_DEPTH = 2000  # a request may ask for k..MAX_RETRIEVAL_DEPTH candidates
 MAX_FILTER_ITEMS = 10_000  # allow- and deny-lists: at most this many item ids each
 MAX_FRESH_ITEMS = 100_000  # items added after training that Recommend retrieves (brute force beside FAISS)
@@ -100,8 +102,11 @@ class Recommender:
         retrieval_depth: int = DEFAULT_RETRIEVAL_DEPTH,
         scorer: Literal["fast", "reference"] = "fast",
         precision: Literal["fp32", "bf16", "int8"] = "fp32",
+        state_cache: int = DEFAULT_STATE_CACHE,
     ):
-        """`precision="bf16"`: the fast ranker runs on a bfloat16 copy of the weights; `"int8"`: its
+        """`state_cache`: users whose fast-path state (retrieval vector, history keys and values, the
+        request's MLP part) is kept between requests (`recsys.fast.StateCache`; 0 = off).
+        `precision="bf16"`: the fast ranker runs on a bfloat16 copy of the weights; `"int8"`: its
         per-candidate MLP runs as dynamically quantized int8 linears (`recsys.fast.quantize_int8`).
         Retrieval stays fp32 either way, so FAISS queries are unchanged. bench/rank.py measures the speed
         and the score gap, `bench.quality --int8` the served quality beside fp32."""
@@ -124,6 +129,7 @@ class Recommender:
         elif precision != "fp32":
             raise InvalidArgument(f"precision={precision!r} needs scorer='fast'; fix: use the fast scorer or fp32")
         self.scorer = "fast" if self.fast is not None else "reference"
+        self.state_cache = StateCache(state_cache) if self.fast is not None and state_cache > 0 else None
         self.featurizer = art.featurizer
         self.retriever: Retriever = retriever or art.index
         self.retrieval_depth = retrieval_depth
@@ -251,15 +257,16 @@ class Recommender:
                 "(new items are learned at the next retrain)"
             )
         hist = self.featurizer.encode_states([user], float(now if now is not None else _now()))
+        _, state = self._prepare(hist)
         if len(unknown_at) == 0:
-            logits = self.score(hist, torch.from_numpy(idx).unsqueeze(0))  # (1, C)
+            logits = self._rank_logits(hist, torch.from_numpy(idx).unsqueeze(0), None, state)  # (1, C)
         else:  # the same embeddings and scorer as Recommend's fresh items
             unknown = list(dict.fromkeys(item_ids[int(j)] for j in unknown_at))
             fresh = self.fresh_items({i: new_items[i] for i in unknown})
             base = len(self.featurizer.items)
             idx = idx.copy()
             idx[unknown_at] = [base + fresh.position[item_ids[int(j)]] for j in unknown_at]
-            logits = self._score_fresh(hist, idx[None, :], None, fresh)  # (1, C)
+            logits = self._score_fresh(hist, idx[None, :], None, fresh, state)  # (1, C)
         return [float(x) for x in torch.sigmoid(logits[0])]
 
     def score(self, hist: History, candidates: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
@@ -309,8 +316,7 @@ class Recommender:
         fresh: FreshItems | None = None,
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         hist = self.featurizer.encode_states(users, now)
-        with torch.inference_mode():
-            user = self.model.encode_user(hist)  # (B, d)
+        user, state = self._prepare(hist)  # (B, d) and the ranker's per-request part
         if allow is not None:  # rank exactly the allowed items, minus each user's exclusions
             rows = [allow[~np.isin(allow, ex)] for ex in excluded]
         else:  # over-fetch by the excluded count so that `depth` candidates survive the filter
@@ -328,17 +334,33 @@ class Recommender:
         for b, row in enumerate(rows):
             cands[b, : len(row)] = row
         if fresh is not None and (cands >= len(self.featurizer.items)).any():
-            logits = self._score_fresh(hist, cands, user, fresh)
+            logits = self._score_fresh(hist, cands, user, fresh, state)
         else:
-            logits = self.score(hist, torch.from_numpy(cands), user)
+            logits = self._rank_logits(hist, torch.from_numpy(cands), user, state)
         probs = torch.sigmoid(logits).numpy()  # (B, width)
         probs = np.where(cands >= FIRST_ITEM, probs, -np.inf)
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [(cands[b, order[b]], probs[b, order[b]]) for b in range(len(users))]
 
-    def _score_fresh(self, hist: History, cands: np.ndarray, user: Tensor | None, fresh: FreshItems) -> Tensor:
+    def _prepare(self, hist: History) -> tuple[Tensor, RankState | None]:
+        """The retrieval vectors (B, d) and, on the fast path, the ranking state (through the state
+        cache when there is one)."""
+        if self.fast is None:
+            with torch.inference_mode():
+                return self.model.encode_user(hist), None
+        return prepare_cached(self.fast, self.model.encode_user, hist, self.state_cache)
+
+    def _rank_logits(self, hist: History, cands: Tensor, user: Tensor | None, state: RankState | None) -> Tensor:
+        if state is not None and self.fast is not None:
+            return self.fast.score_prepared(state, cands).float()
+        return self.score(hist, cands, user)
+
+    def _score_fresh(
+        self, hist: History, cands: np.ndarray, user: Tensor | None, fresh: FreshItems, state: RankState | None = None
+    ) -> Tensor:
         """Ranker logits (B, C) for candidates among which some are fresh (index >= len(vocabulary)).
-        `user`: the retrieval vectors when already computed (else the scorer computes them)."""
+        `user`: the retrieval vectors when already computed (else the scorer computes them); `state`:
+        the prepared ranking state when there is one."""
         assert self.fast is not None  # fresh items exist only for models that serve new items
         base = len(self.featurizer.items)
         is_fresh = cands >= base
@@ -346,7 +368,8 @@ class Recommender:
             ids = torch.from_numpy(np.where(is_fresh, UNK, cands))  # (B, C)
             emb = self.fast.model.items(ids)  # (B, C, d)
             emb[torch.from_numpy(is_fresh)] = fresh.ranker[torch.from_numpy(cands[is_fresh] - base)]
-            state = self.fast.prepare(hist, None if user is None else user.to(emb.dtype))
+            if state is None:
+                state = self.fast.prepare(hist, None if user is None else user.to(emb.dtype))
             return self.fast.score_prepared(state, ids, emb).float()
 
     def _answer(

@@ -67,6 +67,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-format", choices=LOG_FORMATS, help=f"default {d.log_format}")
     p.add_argument("--scorer", choices=SCORERS, help=f"reference = the naive baseline (default {d.scorer})")
     p.add_argument("--precision", choices=PRECISIONS, help=f"ranker weights (default {d.precision})")
+    p.add_argument(
+        "--state-cache", type=int, help=f"users whose ranking state is kept, 0 = off (default {d.state_cache})"
+    )
     return p.parse_args(argv)
 
 

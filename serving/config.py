@@ -90,6 +90,10 @@ class ServerConfig:
     # quantized int8 linears, about 2x faster ranking on AVX2 CPUs; quality parity measured by
     # `python -m bench.quality --int8` (README, Speed).
     precision: str = "fp32"
+    # users whose fast-path ranking state (retrieval vector, history keys/values, the request's first-layer
+    # part) is kept between requests, keyed by the encoded history itself (exact; recsys.fast.StateCache);
+    # about 15 KB a user at the default sizes; 0 = off. It lives with the model: a reload starts it empty.
+    state_cache: int = 4096
 
     def __post_init__(self) -> None:
         tokens = (*self.write_tokens, *self.read_tokens)
@@ -106,6 +110,7 @@ class ServerConfig:
             ("metrics_port", 0 <= self.metrics_port <= 65535, "use 1..65535, or 0 to disable metrics"),
             ("cache_size", self.cache_size >= 0, "use >= 0 (0 disables the cache)"),
             ("cache_ttl", self.cache_ttl >= 0, "use >= 0 seconds"),
+            ("state_cache", self.state_cache >= 0, "use >= 0 (0 disables the ranking-state cache)"),
             ("max_concurrent", self.max_concurrent >= 1, "use >= 1"),
             ("reload_interval", self.reload_interval >= 0, "use >= 0 seconds (0 disables polling)"),
             ("log_level", self.log_level in LOG_LEVELS, f"use one of {', '.join(LOG_LEVELS)}"),

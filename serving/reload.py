@@ -56,11 +56,12 @@ def warm_up(model: Recommender) -> None:
 class ModelOptions(TypedDict, total=False):
     scorer: Literal["fast", "reference"]
     precision: Literal["fp32", "bf16", "int8"]
+    state_cache: int
 
 
 def load_and_warm(path: Path, options: ModelOptions | None = None) -> Recommender:
     """`Recommender.load` + `warm_up`; either failing is an `ArtifactError` naming the version.
-    `options`: Recommender keyword arguments (scorer, precision)."""
+    `options`: Recommender keyword arguments (scorer, precision, state_cache)."""
     model = Recommender.load(path, **(options or {}))
     try:
         warm_up(model)

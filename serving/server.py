@@ -252,6 +252,7 @@ async def build_server(config: ServerConfig) -> App:
         options: ModelOptions = {
             "scorer": "reference" if config.scorer == "reference" else "fast",
             "precision": cast(Literal["fp32", "bf16", "int8"], config.precision),
+            "state_cache": config.state_cache,
         }
         recommender = await asyncio.to_thread(load_and_warm, Path(config.artifact), options)
         if urlsplit(config.features).scheme == "memory":

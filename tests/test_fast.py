@@ -177,3 +177,36 @@ def test_items_added_after_training_compete_in_recommend(trained) -> None:
     assert set(allowed) <= {"fresh-2", known_id} and "fresh-2" in allowed
     assert not {"fresh-1", "fresh-2"} & set(answer(fresh=dataclasses.replace(fresh, version="another")))
     assert not {"fresh-1", "fresh-2"} & set(answer(fresh=None))
+
+
+def test_state_cache_answers_equal_uncached_ones_and_a_new_event_misses(trained) -> None:
+    """With the ranking-state cache, Recommend and Rank give the uncached answers (same items, scores
+    within 1e-5) in batches mixing hits and misses and histories of several lengths; a user's second
+    request hits; a recorded event (a new history) misses; the cache keeps at most its size."""
+    plain = Recommender.load(trained.artifact, state_cache=0)
+    cached = Recommender.load(trained.artifact, state_cache=6)
+    assert plain.state_cache is None and cached.state_cache is not None
+    seeded = [tuple(events) for _, events, _ in list(plain.seed())[:8]]
+    users = [UserState(history=h[-n:]) for h, n in zip(seeded, [1, 3, 7, 20, 50, 2, 11, 200], strict=True)]
+    now = 1_706_000_000.0
+
+    def same(batch: list[UserState]) -> None:
+        got = cached.recommend_batch(batch, 10, now=now, depth=150)
+        want = plain.recommend_batch(batch, 10, now=now, depth=150)
+        for g, w in zip(got, want, strict=True):
+            assert [i.item_id for i in g.items] == [i.item_id for i in w.items]
+            np.testing.assert_allclose([i.score for i in g.items], [i.score for i in w.items], atol=1e-5)
+
+    same(users[:3])  # three misses
+    assert (cached.state_cache.hits, cached.state_cache.misses) == (0, 3)
+    same(users[1:5])  # two hits (users 1 and 2) beside two misses
+    assert (cached.state_cache.hits, cached.state_cache.misses) == (2, 5)
+    same(users)  # 8 users through a cache of 6: the oldest were evicted
+    assert len(cached.state_cache) == 6
+    items = plain.featurizer.items.tokens[2:40]
+    for user in users[:4]:
+        np.testing.assert_allclose(cached.rank(user, items, now), plain.rank(user, items, now), atol=1e-5)
+    clicked = UserState(history=(*users[3].history, Event(items[0], now - 5.0)))
+    hits = cached.state_cache.hits
+    same([clicked])
+    assert cached.state_cache.hits == hits, "a new event changes the key: no stale state"
