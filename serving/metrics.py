@@ -15,7 +15,11 @@ from contextlib import contextmanager
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
+from prometheus_client.registry import Collector
+
+from recsys.fast import StateCache
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +34,8 @@ SERIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("recsys_stage_duration_seconds", "histogram", ("method", "stage")),
     ("recsys_user_cache_lookups_total", "counter", ("result",)),
     ("recsys_user_cache_entries", "gauge", ()),
+    ("recsys_state_cache_lookups_total", "counter", ("result",)),
+    ("recsys_state_cache_entries", "gauge", ()),
     ("recsys_degraded_responses_total", "counter", ("method", "reason")),
     ("recsys_model_info", "gauge", ("version", "created_at")),
     ("recsys_model_reloads_total", "counter", ("result",)),
@@ -119,12 +125,39 @@ class Metrics:
     def track_cache_size(self, size: Callable[[], int]) -> None:
         self.cache_entries.set_function(lambda: float(size()))
 
+    def track_state_cache(self, cache: Callable[[], StateCache | None]) -> None:
+        """Expose the served model's ranking-state cache (`recsys.fast.StateCache`), read at scrape time."""
+        self.registry.register(_StateCacheCollector(cache))
+
     def set_model(self, version: str, created_at: str) -> None:
         self.model.info({"version": version, "created_at": created_at})
 
     def request_done(self, service: str, method: str, code: str, seconds: float) -> None:
         self.requests.labels(service=service, method=method, code=code).inc()
         self.latency.labels(service=service, method=method).observe(seconds)
+
+
+class _StateCacheCollector(Collector):
+    """The ranking-state cache belongs to the loaded model: a reload brings an empty one, so its lookup
+    counter restarts from zero (a counter reset, which rate() handles)."""
+
+    def __init__(self, cache: Callable[[], StateCache | None]) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        cache = self._cache()
+        lookups = CounterMetricFamily(
+            "recsys_state_cache_lookups",
+            "Ranking-state cache lookups of the served model, per user row: hit or miss (0 when it is off).",
+            labels=["result"],
+        )
+        lookups.add_metric(["hit"], cache.hits if cache is not None else 0)
+        lookups.add_metric(["miss"], cache.misses if cache is not None else 0)
+        yield lookups
+        yield GaugeMetricFamily(
+            "recsys_state_cache_entries", "Users held in the served model's ranking-state cache.",
+            value=len(cache) if cache is not None else 0,
+        )  # fmt: skip
 
 
 class MetricsHTTPServer:

@@ -93,6 +93,7 @@ class RecommendationService:
         self._metrics = metrics if metrics is not None else Metrics()
         self._metrics.set_model(recommender.version, recommender.created_at)
         self._metrics.track_cache_size(lambda: len(self._cache))
+        self._metrics.track_state_cache(lambda: self.recommender.state_cache)
         self._degraded_lock = threading.Lock()
         self._degraded_logged_at = -math.inf
         self._degraded_since_log = 0

@@ -184,6 +184,8 @@ def test_metrics_endpoint_exposes_every_documented_series(trained) -> None:
         ("RecordEvents", "feature_write"),
     ]:
         assert value("recsys_stage_duration_seconds_count", method=method, stage=stage) >= 1, (method, stage)
+    state_lookups = sum(value("recsys_state_cache_lookups_total", result=r) for r in ("hit", "miss"))
+    assert state_lookups >= 3 and value("recsys_state_cache_entries") >= 1  # two Recommends and a Rank, at least
     info = [s for s in samples if s[0] == "recsys_model_info"]
     assert len(info) == 1 and dict(info[0][1])["version"] == trained.artifact.name
 
