@@ -278,7 +278,8 @@ def prepare_cached(
         if len(missing) == B and cache is None:
             return user, state
     full = [r for r in rows if r is not None]
-    L = max(1, max(r.keys[0].shape[1] if r.keys else 0 for r in full))
+    lengths = [r.keys[0].shape[1] if r.keys else 0 for r in full]  # real behaviors per row
+    L = max(1, *lengths)
     n_blocks = len(full[0].keys)
     out_keys, out_values = [], []
     for j in range(n_blocks):
@@ -292,8 +293,8 @@ def prepare_cached(
         out_keys.append(k)
         out_values.append(v)
     valid = torch.zeros(B, L, dtype=torch.bool)
-    for b, r in enumerate(full):
-        valid[b, L - (r.keys[0].shape[1] if r.keys else 0) :] = True
+    for b, n in enumerate(lengths):
+        valid[b, L - n :] = True
     user = torch.stack([r.user for r in full])  # (B, d)
     request = torch.stack([r.request for r in full])  # (B, H1)
     ranker_user = user.to(scorer.bias.dtype) if scorer.cfg.retrieval_feature else None

@@ -266,7 +266,7 @@ class Recommender:
             base = len(self.featurizer.items)
             idx = idx.copy()
             idx[unknown_at] = [base + fresh.position[item_ids[int(j)]] for j in unknown_at]
-            logits = self._score_fresh(hist, idx[None, :], None, fresh, state)  # (1, C)
+            logits = self._score_fresh(idx[None, :], fresh, state)  # (1, C)
         return [float(x) for x in torch.sigmoid(logits[0])]
 
     def score(self, hist: History, candidates: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
@@ -334,7 +334,7 @@ class Recommender:
         for b, row in enumerate(rows):
             cands[b, : len(row)] = row
         if fresh is not None and (cands >= len(self.featurizer.items)).any():
-            logits = self._score_fresh(hist, cands, user, fresh, state)
+            logits = self._score_fresh(cands, fresh, state)
         else:
             logits = self._rank_logits(hist, torch.from_numpy(cands), user, state)
         probs = torch.sigmoid(logits).numpy()  # (B, width)
@@ -355,21 +355,16 @@ class Recommender:
             return self.fast.score_prepared(state, cands).float()
         return self.score(hist, cands, user)
 
-    def _score_fresh(
-        self, hist: History, cands: np.ndarray, user: Tensor | None, fresh: FreshItems, state: RankState | None = None
-    ) -> Tensor:
-        """Ranker logits (B, C) for candidates among which some are fresh (index >= len(vocabulary)).
-        `user`: the retrieval vectors when already computed (else the scorer computes them); `state`:
-        the prepared ranking state when there is one."""
-        assert self.fast is not None  # fresh items exist only for models that serve new items
+    def _score_fresh(self, cands: np.ndarray, fresh: FreshItems, state: RankState | None) -> Tensor:
+        """Ranker logits (B, C) for candidates among which some are fresh (index >= len(vocabulary)),
+        from the prepared ranking state (`_prepare`)."""
+        assert self.fast is not None and state is not None  # fresh items exist only for models that serve new items
         base = len(self.featurizer.items)
         is_fresh = cands >= base
         with torch.no_grad():
             ids = torch.from_numpy(np.where(is_fresh, UNK, cands))  # (B, C)
             emb = self.fast.model.items(ids)  # (B, C, d)
             emb[torch.from_numpy(is_fresh)] = fresh.ranker[torch.from_numpy(cands[is_fresh] - base)]
-            if state is None:
-                state = self.fast.prepare(hist, None if user is None else user.to(emb.dtype))
             return self.fast.score_prepared(state, ids, emb).float()
 
     def _answer(
