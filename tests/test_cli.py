@@ -36,6 +36,14 @@ def test_fit_with_a_missing_log(tmp_path: Path) -> None:
     assert "file not found" in one_error_line(proc)
 
 
+def test_synth_with_too_few_items_for_its_categories(tmp_path: Path) -> None:
+    proc = run("training", "synth", "--out", str(tmp_path / "d"), "--users", "60", "--items", "40")
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "--items 40" in line and "n_items too small" in line and "fix:" in line
+    assert not (tmp_path / "d").exists(), "nothing written"
+
+
 def test_fit_with_a_bad_timestamp(bad_log: Path, tmp_path: Path) -> None:
     proc = run("training", "fit", "--log", str(bad_log), "--out", str(tmp_path / "a"))
     assert proc.returncode == 2
