@@ -6,6 +6,7 @@ Bad input exits non-zero with one line on stderr naming the file, field, value a
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -13,7 +14,15 @@ from pathlib import Path
 
 from recsys.data import load_log
 from recsys.errors import RecsysError
-from training import export_events, registry, retrain, synth
+
+# subcommand -> the module that defines it (`add_cli`); only the one asked for is imported, so a
+# `synth` or a bad `fit` does not pay for torch and scikit-learn (about 2 s a call)
+COMMANDS = {
+    "synth": "training.synth",
+    "export-events": "training.export_events",
+    "registry": "training.registry",
+    "retrain": "training.retrain",
+}
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -85,10 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    synth.add_cli(sub)
-    export_events.add_cli(sub)
-    registry.add_cli(sub)
-    retrain.add_cli(sub)
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)  # the only top-level option is a flag
+    for name, module in COMMANDS.items():
+        if chosen == name or (chosen not in COMMANDS and chosen != "fit"):  # none or unknown: all, for the usage
+            importlib.import_module(module).add_cli(sub)
     fit = sub.add_parser("fit", help="train a BST on a click log and export a versioned artifact")
     # exactly one of --log and --dataset: checked in _fit, so the error is one line with its fix
     fit.add_argument("--log", help="click log, CSV or Parquet (canonical schema, see README)")
