@@ -1,6 +1,7 @@
 """End-to-end serving benchmark: the real server over loopback gRPC against a real Redis.
 
-    python -m bench.serve [--items 100000] [--candidates 500] [--levels 1,4,16] [--rate 100] [--json OUT]
+    python -m bench.serve [--items 100000] [--candidates 500] [--levels 1,4,16] [--rate 100] [--repeat R]
+                          [--json OUT]
 
 No arguments needed: it starts its own throwaway `redis-server` and servers, and cleans up after.
 
@@ -14,7 +15,11 @@ No arguments needed: it starts its own throwaway `redis-server` and servers, and
    (a grpc.aio client; a separate process from the server) with `--candidates` candidates retrieved
    and ranked per request and the top 10 returned, for `--requests` requests at each concurrency
    level, then open-loop at a fixed offered rate (latency counted from each request's scheduled
-   send time, so a stall is not hidden by the client waiting).
+   send time, so a stall is not hidden by the client waiting). By default each request's user is drawn
+   at random from all users, so the user-state cache rarely hits; `--repeat R` asks for each drawn
+   user R times (R rounds over the same users, so a repeat is never in flight beside its first
+   request: a user coming back to refresh or page), and the tables give the hit rate the server's own
+   counters saw.
 4. Restarts the server as the naive baseline: the reference `score` (fp32, no single-pass scoring),
    no user-state cache and no batching (`NAIVE_FLAGS`), and drives it the same way.
 5. Prints p50/p95/p99, throughput and errors per level for both, their p50 ratio, the per-stage
@@ -199,6 +204,18 @@ def stage_sums(metrics_url: str) -> dict[str, tuple[float, float]]:
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
+def cache_counts(metrics_url: str) -> tuple[float, float]:
+    """(hits, misses) of the served model's user-state cache, from the server's Prometheus exposition."""
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    counts = {"hit": 0.0, "miss": 0.0}
+    for line in text.splitlines():
+        if line.startswith("recsys_state_cache_lookups_total{"):
+            name, value = line.rsplit(" ", 1)
+            result = name.split('result="', 1)[1].split('"', 1)[0]
+            counts[result] = counts.get(result, 0.0) + float(value)
+    return counts["hit"], counts["miss"]
+
+
 def stage_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
     means = {}
     for stage in STAGES:
@@ -215,10 +232,13 @@ async def drive(
     rate: float | None,
     depth: int,
     seed: int,
+    repeat: int = 1,
 ) -> dict[str, Any]:
-    """`n` Recommend calls: closed loop with `concurrency` callers, or open loop at `rate` per second."""
+    """`n` Recommend calls: closed loop with `concurrency` callers, or open loop at `rate` per second.
+    Users are drawn at random, `repeat` rounds over the same ceil(n / repeat) users."""
     rng = np.random.default_rng(seed)
-    picks = [users[i] for i in rng.integers(0, len(users), n)]
+    drawn = [users[i] for i in rng.integers(0, len(users), -(-n // repeat))]
+    picks = (drawn * repeat)[:n]
     latencies: list[float] = []
     errors: dict[str, int] = {}
     async with grpc.aio.insecure_channel(target) as channel:
@@ -269,25 +289,28 @@ async def drive(
 
 
 def run_levels(
-    s: Server, users: list[str], levels: list[int], n: int, rate: float | None, depth: int
+    s: Server, users: list[str], levels: list[int], n: int, rate: float | None, depth: int, repeat: int = 1
 ) -> list[dict[str, Any]]:
     """Closed loop at each concurrency level, then open loop at `rate` (< 0: 70% of the best
     closed-loop throughput just measured, i.e. a load the server should carry; None: skipped)."""
     rows = []
     for i, c in enumerate(levels):
-        rows.append(measure(s, users, n, c, None, depth, seed=i))
+        rows.append(measure(s, users, n, c, None, depth, seed=i, repeat=repeat))
     if rate is not None:
         offered = rate if rate > 0 else round(0.7 * max(r["rps"] for r in rows), 1)
-        rows.append(measure(s, users, n, 1, offered, depth, seed=len(levels)))
+        rows.append(measure(s, users, n, 1, offered, depth, seed=len(levels), repeat=repeat))
     return rows
 
 
 def measure(
-    s: Server, users: list[str], n: int, concurrency: int, rate: float | None, depth: int, seed: int
+    s: Server, users: list[str], n: int, concurrency: int, rate: float | None, depth: int, seed: int, repeat: int = 1
 ) -> dict[str, Any]:
-    before = stage_sums(s.metrics_url)
-    row = asyncio.run(drive(s.target, users, n, concurrency, rate, depth, seed))
+    before, (hits0, misses0) = stage_sums(s.metrics_url), cache_counts(s.metrics_url)
+    row = asyncio.run(drive(s.target, users, n, concurrency, rate, depth, seed, repeat))
     row |= stage_means(before, stage_sums(s.metrics_url))
+    hits, misses = cache_counts(s.metrics_url)
+    lookups = (hits - hits0) + (misses - misses0)  # the warm-up's lookups included
+    row["state_cache_hit_rate"] = (hits - hits0) / lookups if lookups else 0.0
     log.info("%s", row)
     return row
 
@@ -302,14 +325,14 @@ def label(row: dict[str, Any]) -> str:
 def table(title: str, rows: list[dict[str, Any]]) -> str:
     head = (
         "| load | p50 ms | p95 ms | p99 ms | req/s | errors | fetch ms | queue ms | batch wait ms "
-        "| retrieve+rank ms | serialise ms |"
+        "| retrieve+rank ms | serialise ms | state-cache hits |"
     )
-    lines = [f"**{title}**", "", head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"**{title}**", "", head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
             f"| {label(r)} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps']:.1f} | "
             f"{r['errors']} | {r['feature_fetch_ms']:.2f} | {r['queue_ms']:.2f} | {r['batch_wait_ms']:.2f} | "
-            f"{r['retrieval_and_ranking_ms']:.2f} | {r['serialization_ms']:.3f} |"
+            f"{r['retrieval_and_ranking_ms']:.2f} | {r['serialization_ms']:.3f} | {r['state_cache_hit_rate']:.0%} |"
         )
     return "\n".join(lines)
 
@@ -352,6 +375,12 @@ def main(argv: list[str] | None = None) -> int:
         default=-1.0,
         help="open-loop offered rate, req/s; 0 skips it; default: 70%% of the best closed-loop throughput measured",
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="requests per drawn user, in rounds (default %(default)s: every request a fresh random user)",
+    )
     p.add_argument("--baseline-requests", type=int, default=300, help="requests per level for the naive baseline")
     p.add_argument("--server-args", default="", help="extra flags for the fast server, e.g. '--workers 2'")
     p.add_argument("--work-dir", type=Path, help="keep the log, artifact and server logs here")
@@ -359,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the results as JSON")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error(f"--repeat must be >= 1, got {args.repeat}")
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     levels = [int(x) for x in args.levels.split(",")]
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-serve-"))
@@ -376,10 +407,10 @@ def main(argv: list[str] | None = None) -> int:
             check=True,
         )
         with server(art, url, work, "fast", args.server_args.split()) as s:
-            fast = run_levels(s, users, levels, args.requests, args.rate or None, args.candidates)
+            fast = run_levels(s, users, levels, args.requests, args.rate or None, args.candidates, args.repeat)
             fast_flags = " ".join(args.server_args.split()) or "defaults"
         with server(art, url, work, "naive", NAIVE_FLAGS) as s:
-            naive = run_levels(s, users, levels, args.baseline_requests, None, args.candidates)
+            naive = run_levels(s, users, levels, args.baseline_requests, None, args.candidates, args.repeat)
     plot(fast, naive, args.plot)
 
     c1 = next((r for r in fast if r["concurrency"] == levels[0]), fast[0])
@@ -387,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nbench.serve: {manifest['catalog_size']:,} items ({manifest['index']['kind']}), {len(users):,} users in "
         f"Redis, {args.candidates} candidates ranked per request, top 10 returned; {os.cpu_count()} cores; "
-        f"untrained weights (speed only)\n"
+        f"each drawn user asked {args.repeat}x; untrained weights (speed only)\n"
     )
     print(table(f"default server: fast scorer, user-state cache, model thread (server flags: {fast_flags})", fast))
     print()
@@ -403,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             "index": manifest["index"],
             "speedup_p50": b1["p50_ms"] / c1["p50_ms"],
             "server_args": args.server_args,
+            "repeat": args.repeat,
         }
         args.json.write_text(json.dumps(summary, indent=1))
     if args.work_dir is None:

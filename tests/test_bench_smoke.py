@@ -25,7 +25,7 @@ def test_bench_serve_runs_against_real_redis_and_servers(tmp_path: Path) -> None
     done = _run(
         "bench.serve",
         *("--items", "400", "--users", "60", "--events", "12", "--candidates", "50", "--levels", "1,4"),
-        *("--requests", "40", "--rate", "50", "--baseline-requests", "20"),
+        *("--requests", "40", "--rate", "50", "--baseline-requests", "20", "--repeat", "2"),
         *("--plot", str(tmp_path / "serve.png"), "--json", str(out)),
     )
     assert done.returncode == 0, done.stderr[-3000:]
