@@ -24,7 +24,7 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -189,11 +189,12 @@ def fast_ctr_logits(rec: Recommender, data: EncodedLog, ex: Examples, batch_size
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def score_bst(report: TrainReport, ts: TestSet, check: bool, int8: bool = False) -> Results:
+def score_bst(report: TrainReport, ts: TestSet, check: bool, precisions: Sequence[str] = ()) -> Results:
     """bst: the ranker (CTR, sampled-100) and the served pipeline (full ranking); retrieval: the head
-    alone. `check`: the test set is the pipeline's own, so its report must agree. `int8`: also
-    bst-int8, the same model served with `precision="int8"` (ranker AUC through the served scorer and
-    the served pipeline), for the quality-parity check of issue 8."""
+    alone. `check`: the test set is the pipeline's own, so its report must agree. `precisions` (int8,
+    bf16): also bst-int8 / bst-bf16, the same model served at that precision (ranker AUC through the
+    served scorer, and the served pipeline), beside bst-fast-fp32 (the same served scorer in fp32), for
+    the quality-parity check of issue 8."""
     bst, data = report.model, report.data
     served = full(served_ranks(Recommender.load(report.artifact), data, ts.positives), ("hr@10", "ndcg@10"))
     ranker = ts.ctr(ctr_logits(bst, data, ts.pairs), calibrated=True)
@@ -203,11 +204,12 @@ def score_bst(report: TrainReport, ts: TestSet, check: bool, int8: bool = False)
                 log.warning("differs from the pipeline's own test report: %s vs %s", ours, theirs)
     retrieval = retrieval_candidates(bst, data)
     extra: Results = {}
-    if int8:  # like for like: the ranker's AUC through the served (fast) scorer, fp32 and int8
-        rec8 = Recommender.load(report.artifact, precision="int8")
+    if precisions:  # like for like: the ranker's AUC through the served (fast) scorer, fp32 and lower
         extra["bst-fast-fp32"] = ts.ctr(fast_ctr_logits(Recommender.load(report.artifact), data, ts.pairs), True)
-        extra["bst-int8"] = ts.ctr(fast_ctr_logits(rec8, data, ts.pairs), calibrated=True) | full(
-            served_ranks(rec8, data, ts.positives), ("hr@10", "ndcg@10")
+    for precision in precisions:
+        low = Recommender.load(report.artifact, precision=precision)
+        extra[f"bst-{precision}"] = ts.ctr(fast_ctr_logits(low, data, ts.pairs), calibrated=True) | full(
+            served_ranks(low, data, ts.positives), ("hr@10", "ndcg@10")
         )
     return {
         "bst": ranker | served | ts.sampled(model_candidates(bst, data)) | fit_cost(report.fit),
@@ -275,7 +277,7 @@ def run_seed(clog: ClickLog, seed: int, args: argparse.Namespace, work: Path) ->
         data, model_cfg = report.data, report.model.cfg
         split = leave_one_out(data)
         ts = TestSet.build(data, split, seed, args.eval_users)
-        results.update(score_bst(report, ts, check=args.eval_users is None, int8=args.int8))
+        results.update(score_bst(report, ts, check=args.eval_users is None, precisions=args.precisions))
     else:  # the features and split train_and_export would build
         bst, feats = build_model(clog, model_cfg)
         data, model_cfg = EncodedLog.build(clog, feats), bst.cfg
@@ -398,12 +400,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, help="keep artifacts and run dirs here (default: a temp dir)")
     parser.add_argument("--json", type=Path, help="write the results as JSON")
     parser.add_argument(
-        "--int8",
-        action="store_true",
-        help="also score the BST served with precision=int8 (row bst-int8: AUC, GAUC, served HR/NDCG@10) beside "
-        "the same fp32 scorer (row bst-fast-fp32: AUC, GAUC)",
+        "--precisions",
+        default="",
+        metavar="LIST",
+        help="also score the BST served at these precisions (int8, bf16; rows bst-int8, bst-bf16: AUC, GAUC, "
+        "served HR/NDCG@10) beside the same served scorer in fp32 (row bst-fast-fp32: AUC, GAUC)",
     )
     args = parser.parse_args(argv)
+    args.precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if bad := sorted(set(args.precisions) - {"int8", "bf16"}):
+        parser.error(f"--precisions {','.join(bad)}: unknown; fix: use int8 and/or bf16")
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.dataset != "synthetic" and args.path is None:
         parser.error(f"--dataset {args.dataset} needs --path (the downloaded files; see training.datasets)")

@@ -36,6 +36,10 @@ def test_bench_serve_runs_against_real_redis_and_servers(tmp_path: Path) -> None
         assert level["errors"] == 0, level
         assert {"p50_ms", "p95_ms", "p99_ms", "rps"} <= set(level) and level["p50_ms"] <= level["p99_ms"]
     assert result["levels"][0]["retrieval_and_ranking_ms"] > 0  # the stage histograms were read
+    # each user asked twice: the default server's user-state cache hits (counted by its own metrics);
+    # the baseline runs without one
+    assert all(lv["state_cache_hit_rate"] >= 0.3 for lv in result["levels"]), result["levels"]
+    assert all(lv["state_cache_hit_rate"] == 0 for lv in result["baseline_levels"])
     assert (tmp_path / "serve.png").stat().st_size > 0
     assert "baseline / fast" in done.stdout
 
@@ -72,19 +76,20 @@ def test_bench_rank_compares_reference_fp32_bf16_and_int8(tmp_path: Path) -> Non
     assert 0 <= row["bf16_max_prob_gap"] < 0.05 and 0 <= row["int8_max_prob_gap"] < 0.05
 
 
-def test_bench_quality_scores_the_int8_server_beside_fp32(tmp_path: Path) -> None:
+def test_bench_quality_scores_the_int8_and_bf16_servers_beside_fp32(tmp_path: Path) -> None:
     out = tmp_path / "quality.json"
     done = _run(
         "bench.quality",
         *("--dataset", "synthetic", "--synth-users", "120", "--synth-items", "100", "--epochs", "1"),
-        *("--models", "bst,popular", "--int8", "--json", str(out)),
+        *("--models", "bst,popular", "--precisions", "int8,bf16", "--json", str(out)),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     models = json.loads(out.read_text())["models"]
-    assert {"bst", "served", "retrieval", "bst-fast-fp32", "bst-int8", "popular"} <= set(models)
-    for key in ("auc", "gauc", "hr@10", "ndcg@10"):
-        assert 0 <= models["bst-int8"][key] <= 1
-    assert abs(models["bst-int8"]["auc"] - models["bst-fast-fp32"]["auc"]) < 0.05  # same scorer, int8 hidden layers
+    assert {"bst", "served", "retrieval", "bst-fast-fp32", "bst-int8", "bst-bf16", "popular"} <= set(models)
+    for low in ("bst-int8", "bst-bf16"):
+        for key in ("auc", "gauc", "hr@10", "ndcg@10"):
+            assert 0 <= models[low][key] <= 1
+        assert abs(models[low]["auc"] - models["bst-fast-fp32"]["auc"]) < 0.05  # the same scorer, lower precision
 
 
 def test_bench_memory_generator_writes_a_time_ordered_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
