@@ -349,7 +349,8 @@ def render(dataset: str, means: dict, stds: dict, seeds: list[int], notes: dict)
     n = len(seeds)
     first = notes[seeds[0]]
     spread = "mean ± std over seeds " + ", ".join(map(str, seeds)) if n > 1 else f"seed {seeds[0]}"
-    rows = ["bst", "retrieval", "sasrec", "din", "wdl-seq", "wdl", "itemknn", "popular"]
+    rows = ["bst", "bst-fast-fp32", "bst-int8", "bst-bf16", "retrieval", "sasrec", "din", "wdl-seq", "wdl"]
+    rows += ["itemknn", "popular"]
     parts = [
         f"## {dataset}: {PROTOCOLS['split']}; {spread}",
         table(

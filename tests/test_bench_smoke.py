@@ -90,6 +90,7 @@ def test_bench_quality_scores_the_int8_and_bf16_servers_beside_fp32(tmp_path: Pa
         for key in ("auc", "gauc", "hr@10", "ndcg@10"):
             assert 0 <= models[low][key] <= 1
         assert abs(models[low]["auc"] - models["bst-fast-fp32"]["auc"]) < 0.05  # the same scorer, lower precision
+        assert f"| {low} |" in done.stdout  # and printed beside fp32
 
 
 def test_bench_memory_generator_writes_a_time_ordered_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
