@@ -291,6 +291,17 @@ def test_ml_1m_all_ratings_never_places_untimed_ones(tmp_path: Path) -> None:
     assert report.dropped == {"no timestamp": 2}
 
 
+def test_ml_1m_orders_clicks_at_the_same_second_by_movie_id(tmp_path: Path) -> None:
+    d = ml_1m_dir(tmp_path)
+    write(
+        d / "ratings.tsv.gz",
+        "UserID\tMovieID\tRating\tTimestamp\tTsSource\n2\t30\t5\t70\t\n1\t20\t4\t100\t\n1\t10\t5\t100\t\n"
+        "2\t10\t4\t70\t\n2\t20\t4\t60\t\n",
+    )
+    clog, _ = ml_1m(d)
+    assert events(clog) == [("1", "10", 100), ("1", "20", 100), ("2", "20", 60), ("2", "10", 70), ("2", "30", 70)]
+
+
 def test_ml_1m_original_ratings_dat(tmp_path: Path) -> None:
     d = ml_1m_dir(tmp_path)
     (d / "ratings.tsv.gz").unlink()

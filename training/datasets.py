@@ -375,8 +375,9 @@ def ml_1m(path: Path, min_rating: float | None = 4) -> tuple[ClickLog, AdapterRe
 
     A rating with an empty timestamp cannot be placed in a history and never enters the log: after the
     rating filter, such rows are dropped as "no timestamp" (all 337,147 of the shared file's are ratings
-    1-3, so with min_rating 4 none is lost). Items: `genre`. Users (users.dat, when present; the original
-    ML-10M has none): `gender`, `age` (band code), `occupation` (code), `zip1` (the zip's first character)."""
+    1-3, so with min_rating 4 none is lost). Clicks at the same second are ordered by movie id.
+    Items: `genre`. Users (users.dat, when present; the original ML-10M has none): `gender`, `age`
+    (band code), `occupation` (code), `zip1` (the zip's first character)."""
     path = _directory(path, "ml-1m", "ratings.tsv.gz or ratings.dat")
     movies = _records(
         path / "movies.dat", _read_lines(path / "movies.dat", "latin-1"), ("item_id", "title", "genres"), "::"
@@ -407,8 +408,12 @@ def ml_1m(path: Path, min_rating: float | None = 4) -> tuple[ClickLog, AdapterRe
     untimed = keep & (time < 0)
     dropped["no timestamp"] = int(untimed.sum())
     keep &= ~untimed
+    # time order, ties by movie id (the ML-1M CTR protocol of issue 7); the later stable sort by user and
+    # time keeps it. The shared file is already in this order; another file need not be
+    rows = np.flatnonzero(keep)
+    rows = rows[np.lexsort((item[rows], time[rows], user[rows]))]
     frame = pd.DataFrame(
-        {"user_id": user[keep].astype(str), "item_id": item[keep].astype(str), "timestamp": time[keep]}
+        {"user_id": user[rows].astype(str), "item_id": item[rows].astype(str), "timestamp": time[rows]}
     )
     return _finish("ml-1m", file, frame, len(rating), dropped, items=items, users=users)
 
