@@ -248,21 +248,26 @@ class StateCache:
                 self._rows.popitem(last=False)
 
 
+def _prepare(scorer: FastScorer, encode_user: Callable[[History], Tensor], hist: History) -> tuple[Tensor, UserState]:
+    with torch.inference_mode():
+        user = encode_user(hist)  # (B, d)
+        return user, scorer.prepare(hist, user.to(scorer.bias.dtype) if scorer.cfg.retrieval_feature else None)
+
+
 def prepare_cached(
     scorer: FastScorer, encode_user: Callable[[History], Tensor], hist: History, cache: StateCache | None
 ) -> tuple[Tensor, UserState]:
     """The retrieval user vectors (B, d) and the ranking state of `hist`, computing only the rows
     `cache` does not hold; equal to `encode_user(hist)` and `scorer.prepare(hist, user)` (a cached
     row's keys and values are re-padded on the left, where the attention masks them out)."""
+    if cache is None:
+        return _prepare(scorer, encode_user, hist)
     B = hist.items.shape[0]
-    keys = [StateCache.key(hist, b) for b in range(B)] if cache is not None else []
-    rows: list[_Row | None] = [cache.get(k) for k in keys] if cache is not None else [None] * B
+    keys = [StateCache.key(hist, b) for b in range(B)]
+    rows: list[_Row | None] = [cache.get(k) for k in keys]
     missing = [b for b, r in enumerate(rows) if r is None]
     if missing:
-        sub = History(*(f[missing] for f in hist))
-        with torch.inference_mode():
-            user = encode_user(sub)  # (M, d)
-            state = scorer.prepare(sub, user.to(scorer.bias.dtype) if scorer.cfg.retrieval_feature else None)
+        user, state = _prepare(scorer, encode_user, History(*(f[missing] for f in hist)))
         for i, b in enumerate(missing):
             n = int(state.valid[i].sum())
             L = state.valid.shape[1]
@@ -273,9 +278,8 @@ def prepare_cached(
                 state.request[i].clone(),
             )
             rows[b] = row
-            if cache is not None:
-                cache.put(keys[b], row)
-        if len(missing) == B and cache is None:
+            cache.put(keys[b], row)
+        if len(missing) == B:  # all computed just now, in the batch's own padding
             return user, state
     full = [r for r in rows if r is not None]
     lengths = [r.keys[0].shape[1] if r.keys else 0 for r in full]  # real behaviors per row
