@@ -188,15 +188,24 @@ def wait_ready(s: Server, timeout: float = 180.0) -> None:
 # ------------------------------------------------------------------------------------ load
 
 
-def stage_sums(metrics_url: str) -> dict[str, tuple[float, float]]:
-    """(sum seconds, count) per Recommend stage, from the server's Prometheus exposition."""
-    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+def scrape(metrics_url: str) -> str:
+    """The server's Prometheus exposition, once per snapshot (every reading below parses it)."""
+    return str(urllib.request.urlopen(metrics_url, timeout=5).read().decode())
+
+
+def label_value(name: str, key: str) -> str:
+    """The value of label `key` in a sample name such as `x_total{result="hit"}`."""
+    return name.split(f'{key}="', 1)[1].split('"', 1)[0]
+
+
+def stage_sums(text: str) -> dict[str, tuple[float, float]]:
+    """(sum seconds, count) per Recommend stage, from an exposition (`scrape`)."""
     out: dict[str, list[float]] = {s: [0.0, 0.0] for s in STAGES}
     for line in text.splitlines():
         if not line.startswith("recsys_stage_duration_seconds_") or 'method="Recommend"' not in line:
             continue
         name, value = line.rsplit(" ", 1)
-        stage = name.split('stage="', 1)[1].split('"', 1)[0]
+        stage = label_value(name, "stage")
         if stage in out and name.startswith("recsys_stage_duration_seconds_sum"):
             out[stage][0] += float(value)
         elif stage in out and name.startswith("recsys_stage_duration_seconds_count"):
@@ -204,14 +213,13 @@ def stage_sums(metrics_url: str) -> dict[str, tuple[float, float]]:
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
-def cache_counts(metrics_url: str) -> tuple[float, float]:
-    """(hits, misses) of the served model's user-state cache, from the server's Prometheus exposition."""
-    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+def cache_counts(text: str) -> tuple[float, float]:
+    """(hits, misses) of the served model's user-state cache, from an exposition (`scrape`)."""
     counts = {"hit": 0.0, "miss": 0.0}
     for line in text.splitlines():
         if line.startswith("recsys_state_cache_lookups_total{"):
             name, value = line.rsplit(" ", 1)
-            result = name.split('result="', 1)[1].split('"', 1)[0]
+            result = label_value(name, "result")
             counts[result] = counts.get(result, 0.0) + float(value)
     return counts["hit"], counts["miss"]
 
@@ -305,10 +313,11 @@ def run_levels(
 def measure(
     s: Server, users: list[str], n: int, concurrency: int, rate: float | None, depth: int, seed: int, repeat: int = 1
 ) -> dict[str, Any]:
-    before, (hits0, misses0) = stage_sums(s.metrics_url), cache_counts(s.metrics_url)
+    before = scrape(s.metrics_url)
     row = asyncio.run(drive(s.target, users, n, concurrency, rate, depth, seed, repeat))
-    row |= stage_means(before, stage_sums(s.metrics_url))
-    hits, misses = cache_counts(s.metrics_url)
+    after = scrape(s.metrics_url)
+    row |= stage_means(stage_sums(before), stage_sums(after))
+    (hits0, misses0), (hits, misses) = cache_counts(before), cache_counts(after)
     lookups = (hits - hits0) + (misses - misses0)  # the warm-up's lookups included
     row["state_cache_hit_rate"] = (hits - hits0) / lookups if lookups else 0.0
     log.info("%s", row)
