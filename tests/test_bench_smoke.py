@@ -112,3 +112,19 @@ def test_bench_memory_generator_writes_a_time_ordered_log(tmp_path: Path, monkey
     assert len(per_user) == 100 and per_user.min() >= 5
     assert clog.items is not None and set(clog.events["item_id"]) <= set(clog.items["item_id"])
     assert np.all(np.diff(clog.events.groupby("user_id")["timestamp"].apply(list).iloc[0]) > 0)
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "expected"),
+    [
+        (
+            "bench.quality",
+            ("--dataset", "synthetic", "--precisions", "int8,fp16"),
+            "--precisions fp16: unknown; fix: use int8 and/or bf16",
+        ),
+        ("bench.serve", ("--repeat", "0"), "--repeat must be >= 1, got 0"),
+    ],
+)
+def test_bench_bad_options_exit_2_with_the_fix(module: str, args: tuple[str, ...], expected: str) -> None:
+    done = _run(module, *args)
+    assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr
