@@ -1,4 +1,5 @@
-"""Training throughput with 1 and 2 processes (torchrun, gloo), on one synthetic log, in one run.
+"""Training throughput with 1 and 2 processes (torchrun, gloo), and with one process shuffling examples one
+by one (`train.group_histories=false`), on one synthetic log, in one run.
 
     python -m bench.train [--users 600] [--items 300] [--epochs 2] [--json OUT]
 
@@ -66,6 +67,13 @@ def main(argv: list[str] | None = None) -> int:
             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "--"]
             + [*fit, "--out", str(work / "two"), "--run-dir", str(work / "r2")],
             work / "two",
+        ),
+        # the trainer's default keeps a positive and its negatives in one step (the BST then encodes their
+        # shared history once for its retrieval-score input); this row is the one-by-one shuffle
+        "1 process, examples shuffled one by one": run(
+            [sys.executable, "-m", *fit, "--out", str(work / "ungrouped"), "--run-dir", str(work / "r3")]
+            + ["--set", "train.group_histories=false"],
+            work / "ungrouped",
         ),
     }
     base = rows["1 process"]["examples_per_second"]

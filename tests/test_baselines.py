@@ -35,7 +35,7 @@ from training.baselines import (
 from training.dataset import EncodedLog, Split, leave_one_out, next_item_windows
 from training.evaluate import gauc, rank_metrics, score_ranks
 from training.pipeline import TrainReport, build_model
-from training.trainer import BUDGET_CHECK_STEPS, TrainConfig, fit
+from training.trainer import BUDGET_CHECK_STEPS, TrainConfig, budget_horizon, fit
 
 SIZES = ModelConfig(
     n_items=60,
@@ -244,6 +244,17 @@ def test_the_time_budget_cuts_an_epoch_short(encoded: tuple[EncodedLog, ModelCon
     assert [r["epoch"] for r in records] == [1] and records[0]["partial"] is True
     assert result.best_epoch == 1
     assert result.examples_per_second > 0
+    # the learning-rate schedule was shortened to the budget: it ends right after the steps taken
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["horizon"] == BUDGET_CHECK_STEPS + 1
+
+
+def test_the_schedule_ends_where_the_time_budget_does() -> None:
+    # 100 steps in 60 s, a 2-minute budget: 100 more steps fit
+    assert budget_horizon(100, 60.0, 100, 2.0, 1000, world=1) == 200
+    assert budget_horizon(100, 60.0, 100, 60.0, 1000, world=1) == 1000  # never past `epochs` full epochs
+    assert budget_horizon(100, 130.0, 100, 2.0, 1000, world=1) == 101  # spent: at least the next step
+    # a resumed run times only its own steps: 50 of its own in 30 s, 70 s left -> 116 more
+    assert budget_horizon(150, 30.0, 50, 100 / 60, 1000, world=1) == 266
 
 
 @pytest.mark.parametrize("length", [4, 7, 50])

@@ -55,12 +55,12 @@ def test_bench_retrieval_prints_the_recall_latency_table(tmp_path: Path) -> None
     assert rows[0]["recall"] == 1.0 and all(0 < r["recall"] <= 1 for r in rows)
 
 
-def test_bench_train_compares_one_and_two_processes(tmp_path: Path) -> None:
+def test_bench_train_compares_one_and_two_processes_and_the_shuffles(tmp_path: Path) -> None:
     out = tmp_path / "train.json"
     done = _run("bench.train", "--users", "80", "--items", "80", "--epochs", "1", "--json", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     runs = json.loads(out.read_text())["runs"]
-    assert set(runs) == {"1 process", "2 processes (torchrun)"}
+    assert set(runs) == {"1 process", "2 processes (torchrun)", "1 process, examples shuffled one by one"}
     for r in runs.values():
         assert r["examples_per_second"] > 0 and 0 <= r["valid_ndcg@10"] <= 1 and 0 <= r["valid_auc"] <= 1
     assert "vs 1 process" in done.stdout

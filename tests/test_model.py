@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 
-from recsys.model import BST, History, ModelConfig
+from recsys.model import BST, History, ModelConfig, key_mask
 from tests.model_contract import CHECKS, random_history
+from training.dataset import Examples
+from training.trainer import grouped_permutation
 
 CONFIGS = {
     "paper_default": ModelConfig(n_items=60, side_sizes=(9,), side_widths=(1,), user_sizes=(4, 3)),
@@ -32,6 +37,76 @@ def test_contract(name: str, check, seed: int) -> None:
     cands = torch.randint(2, cfg.n_items, (4, 7), generator=gen)
     with torch.no_grad():
         check(model, hist, cands)
+
+
+def every_position_score(model: BST, hist: History, cands: torch.Tensor) -> torch.Tensor:
+    """The BST ranker as the paper computes it (target pooling): every block over every position of
+    [behaviors; candidate], the target's output read at the end. (B, C) logits."""
+    cfg = model.cfg
+    B, C = cands.shape
+    L = cfg.max_len
+    behaviors = model.behavior_tokens(hist)  # (B, L, d)
+    target_raw = model.items(cands)  # (B, C, d)
+    target = target_raw + model.position.weight[1]
+    tokens = torch.cat([behaviors.unsqueeze(1).expand(B, C, L, -1), target.unsqueeze(2)], dim=2)
+    tokens = tokens.reshape(B * C, L + 1, -1)  # (B*C, L+1, d)
+    valid = torch.cat([hist.items[:, -L:] > 0, torch.ones(B, 1, dtype=torch.bool)], 1).repeat_interleave(C, dim=0)
+    mask = key_mask(valid, causal=False)  # (B*C, 1, L+1, L+1)
+    if not cfg.history_sees_target:
+        mask[:, :, :L, L] = False
+    for block in model.blocks:
+        tokens = block(tokens, mask)
+    seq = tokens[:, -1].view(B, C, -1)  # (B, C, d)
+    request = model.request_features(hist).unsqueeze(1).expand(B, C, -1)
+    parts = [seq, target_raw, request]
+    if cfg.retrieval_feature:
+        parts.append((target_raw * model.encode_user(hist).unsqueeze(1)).sum(-1, keepdim=True))
+    return model.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("name", ["paper_default", "multi_valued_attrs", "ordinal"])
+def test_ranker_equals_every_block_over_every_position(name: str) -> None:
+    """Under target pooling `score` computes the last block for the target's query alone; that equals
+    every block over every position, the target's output read, padding included."""
+    cfg = CONFIGS[name]
+    for n_blocks, sees in ((cfg.n_blocks, True), (2, False), (2, True)):
+        torch.manual_seed(n_blocks)
+        model = BST(dataclasses.replace(cfg, n_blocks=n_blocks, history_sees_target=sees)).eval()
+        hist = random_history(model.cfg, B=5, T=cfg.retrieval_len, gen=torch.Generator().manual_seed(3), min_len=0)
+        cands = torch.randint(2, cfg.n_items, (5, 6), generator=torch.Generator().manual_seed(4))
+        with torch.no_grad():
+            torch.testing.assert_close(
+                model.score(hist, cands), every_position_score(model, hist, cands), atol=1e-5, rtol=1e-5
+            )
+
+
+def test_served_user_encodes_each_distinct_history_once_with_the_same_numbers() -> None:
+    cfg = CONFIGS["paper_default"]
+    model = BST(cfg).train()  # served_user switches to eval mode itself
+    hist = random_history(cfg, B=4, T=cfg.retrieval_len, gen=torch.Generator().manual_seed(0), min_len=0)
+    rows = torch.tensor([2, 0, 2, 1, 3, 0, 2])  # duplicates, in no order
+    items = hist.items[rows]
+    got = model.served_user(items)
+    model.eval()
+    with torch.no_grad():
+        want = torch.stack([model.encode_sequence(items[i : i + 1], last_only=True)[0, -1] for i in range(len(rows))])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert model.training is False and not got.requires_grad
+
+
+def test_grouped_permutation_keeps_a_positive_and_its_negatives_together() -> None:
+    rng = np.random.default_rng(0)
+    n_hist = 50
+    user, end = rng.integers(0, 7, n_hist), rng.permutation(1000)[:n_hist]  # 50 distinct histories
+    copies = rng.integers(1, 4, n_hist)  # a positive and 0-2 negatives each
+    idx = np.repeat(np.arange(n_hist), copies)
+    ex = Examples(user[idx], end[idx], rng.integers(2, 90, len(idx)), np.ones(len(idx), np.float32), end[idx] * 10)
+    orders = [grouped_permutation(ex, np.random.default_rng(seed)) for seed in (1, 2)]
+    for perm in orders:
+        assert sorted(perm.tolist()) == list(range(len(ex)))  # a permutation
+        seq = idx[perm]
+        assert len([i for i in range(len(seq)) if i == 0 or seq[i] != seq[i - 1]]) == n_hist  # groups contiguous
+    assert not np.array_equal(idx[orders[0]], idx[orders[1]])  # the groups' order is random
 
 
 def test_empty_history_scores_are_finite() -> None:

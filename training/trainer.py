@@ -50,6 +50,8 @@ class TrainConfig:
     real_negatives: Literal["add", "only", "never"] = "add"  # label-0 rows: beside sampled ones, alone, or unused
     hard_negatives: int = 1  # per positive, drawn from the retrieval head's top `hard_pool` (from epoch 2)
     hard_pool: int = 200  # the served retrieval depth: the candidates the ranker must order
+    group_histories: bool = True  # a step takes a positive and its negatives together (they share a history,
+    # which the BST then encodes once for its retrieval-score input); False: examples shuffled one by one
     next_item_passes: int = 0  # passes over the next-item windows per epoch; 0 = auto (see `auto_passes`)
     patience: int = 3  # epochs without validation improvement before stopping
     select_metric: str = "ndcg@10"  # validation metric that picks the best epoch (retrieval or ctr key)
@@ -116,6 +118,15 @@ def window_steps(windows: Windows | None, passes: int, steps: int, rng: np.rando
     return [out[i] for i in perm]
 
 
+def grouped_permutation(examples: Examples, rng: np.random.Generator) -> np.ndarray:
+    """A random order of the examples in which those sharing a history (same user and history end: a
+    positive and its sampled and mined negatives) are adjacent; groups and members in random order."""
+    key = examples.user.astype(np.int64) * (int(examples.end.max(initial=0)) + 1) + examples.end
+    _, group = np.unique(key, return_inverse=True)
+    rank = rng.permutation(int(group.max(initial=-1)) + 1)[group]  # each group's random place
+    return np.lexsort((rng.random(len(examples)), rank))
+
+
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """Linear warm-up to 1, then cosine decay to `min_ratio` at `total`."""
     if step < warmup:
@@ -180,6 +191,20 @@ def over_budget(t0: float, max_minutes: float, world: int) -> bool:
     return over
 
 
+def budget_horizon(done: int, elapsed: float, steps_timed: int, max_minutes: float, horizon: int, world: int) -> int:
+    """The schedule's last step once `done` steps are taken: the steps the rest of the budget allows at
+    this run's pace so far (`steps_timed` steps in `elapsed` seconds, validation included), at most
+    `horizon`. Every rank gets rank 0's answer (replicas must share the learning rate)."""
+    pace = elapsed / max(1, steps_timed)
+    fits = done + int(max(0.0, max_minutes * 60 - elapsed) / pace) if pace > 0 else horizon
+    out = max(done + 1, min(horizon, fits))
+    if world > 1:
+        flag = torch.tensor([out])
+        torch.distributed.broadcast(flag, src=0)
+        out = int(flag.item())
+    return out
+
+
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """torch.save to a temp file, then rename: a process killed mid-write leaves the previous file."""
     tmp = path.with_name(path.name + ".tmp")
@@ -223,8 +248,12 @@ def fit(
     n_pos = int((split.train.label > 0.5).sum())
     n_train = len(epoch_examples(data, split, cfg, 0)) + n_pos * cfg.hard_negatives
     steps_per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
-    total = cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup_steps, total, cfg.min_lr_ratio))
+    # the schedule's last step: `epochs` full epochs, shortened after each epoch to what the time budget
+    # allows (`budget_horizon`), so a budget-bound run still ends its cosine decay
+    horizon = [cfg.epochs * steps_per_epoch]
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, cfg.warmup_steps, horizon[0], cfg.min_lr_ratio)
+    )
     valid_pos, valid_ctr = validation_set(data, split, cfg)
     # models with a next-item head (a `sequence_len`) see each user's training positives once an epoch
     seq_len = int(getattr(model, "sequence_len", 0))
@@ -240,6 +269,7 @@ def fit(
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         start_epoch, best, best_epoch, bad = ckpt["epoch"] + 1, ckpt["best"], ckpt["best_epoch"], ckpt["bad"]
+        horizon[0] = int(ckpt.get("horizon", horizon[0]))
         history = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
         # a job killed after an epoch's metrics line but before its checkpoint repeats that epoch: drop the line
         history = [h for h in history if h["epoch"] <= start_epoch]
@@ -249,13 +279,14 @@ def fit(
     elif metrics_path.exists() and rank == 0:
         metrics_path.unlink()
     t0 = time.monotonic()
+    start_steps = sched.last_epoch
     seen_examples = 0
     out_of_time = False
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         examples = epoch_examples(data, split, cfg, epoch, model)
         rng = np.random.default_rng([cfg.seed, epoch, 1])
-        perm = rng.permutation(len(examples))
+        perm = grouped_permutation(examples, rng) if cfg.group_histories else rng.permutation(len(examples))
         chunks = [perm[i : i + step_batch] for i in range(0, len(perm), step_batch)]
         # the epoch's next-item windows, spread evenly over its steps
         wparts = window_steps(windows, passes, len(chunks), rng)
@@ -309,6 +340,11 @@ def fit(
             with metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
         score = metrics[cfg.select_metric] if cfg.select_metric in metrics else metrics["auc"]
+        done = sched.last_epoch  # optimizer steps so far (this run and any it resumed)
+        shorter = budget_horizon(done, time.monotonic() - t0, done - start_steps, cfg.max_minutes, horizon[0], world)
+        if shorter < horizon[0]:
+            log.info("time budget: the learning-rate schedule now ends at step %d (was %d)", shorter, horizon[0])
+            horizon[0] = shorter
         improved = score > best
         if improved:
             best, best_epoch, bad = score, epoch + 1, 0
@@ -326,6 +362,7 @@ def fit(
                     "best": best,
                     "best_epoch": best_epoch,
                     "bad": bad,
+                    "horizon": horizon[0],
                     "train_config": to_dict(cfg),
                     "model_config": to_dict(model.cfg),
                 },
