@@ -6,6 +6,7 @@ beats most-popular and ItemKNN by a margin a broken model cannot reach."""
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from training.baselines import (
     items_scorer,
 )
 from training.dataset import EncodedLog, Split, leave_one_out, next_item_windows
-from training.evaluate import gauc, rank_metrics, score_ranks
+from training.evaluate import ctr_metrics, gauc, rank_metrics, score_ranks
 from training.pipeline import TrainReport, build_model
 from training.trainer import BUDGET_CHECK_STEPS, TrainConfig, budget_horizon, fit
 
@@ -193,6 +194,14 @@ def test_gauc_on_a_case_computed_by_hand() -> None:
     perm = np.random.default_rng(0).permutation(len(users))
     assert gauc(users[perm], labels[perm], scores[perm]) == pytest.approx(2.5 / 7)
     assert np.isnan(gauc(np.array([1, 1]), np.array([1, 1]), np.array([0.1, 0.2])))
+
+
+def test_ctr_metrics_take_extreme_logits_without_overflow() -> None:
+    """Dot-product scores (the retrieval row) reach |logit| > 709, where exp overflows float64."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = ctr_metrics(np.array([0, 0, 1, 1]), np.array([1.0, 0, 1, 0]), np.array([900.0, -900, 3, -1000]))
+    assert out["auc"] == 1.0 and 0 < out["logloss"] < 0.1
 
 
 # -- on the synthetic log (the session's trained BST) -----------------------------------------------
