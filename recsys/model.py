@@ -217,10 +217,16 @@ class BST(nn.Module):
         items, pos, ev = history.items[:, -L:], history.positions[:, -L:], history.events[:, -L:]
         return self.items(items) + self.position(pos) + self.event(ev)
 
-    def score(self, history: History, candidates: Tensor, user: Tensor | None = None) -> Tensor:
+    def score(
+        self, history: History, candidates: Tensor, user: Tensor | None = None, every_position: bool = True
+    ) -> Tensor:
         """The reference BST ranker: every candidate gets its own pass over [behaviors; candidate].
         history: B users, candidates (B, C) item indices -> logits (B, C). `user` (B, d) is the
-        retrieval user vector when the caller already has it (it is recomputed otherwise)."""
+        retrieval user vector when the caller already has it (it is recomputed otherwise).
+        `every_position=False` (training): under target pooling, the last block computes the target's
+        query alone, since only the target's output is read; the same numbers, with one block about a
+        twentieth of the attention and feed-forward work. The default is the paper's computation, every
+        block over every position: the plain reference the fast scorer and the naive baseline are."""
         B, C = candidates.shape
         behaviors = self.behavior_tokens(history)  # (B, L, d)
         L = behaviors.shape[1]
@@ -231,9 +237,7 @@ class BST(nn.Module):
         valid = torch.cat([history.items[:, -L:] > 0, torch.ones_like(candidates[:, :1], dtype=torch.bool)], 1)
         valid = valid.repeat_interleave(C, dim=0)  # (B*C, L+1)
         blocks = cast(list[Block], list(self.blocks))
-        # with target pooling only the target's output is read, so the last block computes its query alone
-        # (the same numbers; with one block about 20x less attention and feed-forward work)
-        n_full = len(blocks) - 1 if self.cfg.pooling == "target" else len(blocks)
+        n_full = len(blocks) - 1 if self.cfg.pooling == "target" and not every_position else len(blocks)
         if n_full:
             mask = key_mask(valid, causal=False)  # (B*C, 1, L+1, L+1)
             if not self.cfg.history_sees_target:  # behaviors (queries 0..L-1) never read the target (key L)
@@ -297,7 +301,7 @@ class BST(nn.Module):
         history = History(*(batch[name] for name in History._fields))
         items = history.items[:, -self.cfg.retrieval_len :]  # (B, T)
         user = self.served_user(items) if self.cfg.retrieval_feature else None
-        logits = self.score(history, batch["target"].unsqueeze(1), user=user).squeeze(1)  # (B,)
+        logits = self.score(history, batch["target"].unsqueeze(1), user, every_position=False).squeeze(1)  # (B,)
         loss = F.binary_cross_entropy_with_logits(logits, batch["label"])
         # in eval mode without windows (evaluation reads the logits) the next-item term is skipped: over a
         # large catalog its (B*T, N) score matrix is gigabytes (20 GB for 1,024 rows and 100k items)

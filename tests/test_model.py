@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.model import BST, History, ModelConfig, key_mask
+from recsys.model import BST, History, ModelConfig
 from tests.model_contract import CHECKS, random_history
 from training.dataset import Examples
 from training.trainer import grouped_permutation
@@ -39,35 +39,10 @@ def test_contract(name: str, check, seed: int) -> None:
         check(model, hist, cands)
 
 
-def every_position_score(model: BST, hist: History, cands: torch.Tensor) -> torch.Tensor:
-    """The BST ranker as the paper computes it (target pooling): every block over every position of
-    [behaviors; candidate], the target's output read at the end. (B, C) logits."""
-    cfg = model.cfg
-    B, C = cands.shape
-    L = cfg.max_len
-    behaviors = model.behavior_tokens(hist)  # (B, L, d)
-    target_raw = model.items(cands)  # (B, C, d)
-    target = target_raw + model.position.weight[1]
-    tokens = torch.cat([behaviors.unsqueeze(1).expand(B, C, L, -1), target.unsqueeze(2)], dim=2)
-    tokens = tokens.reshape(B * C, L + 1, -1)  # (B*C, L+1, d)
-    valid = torch.cat([hist.items[:, -L:] > 0, torch.ones(B, 1, dtype=torch.bool)], 1).repeat_interleave(C, dim=0)
-    mask = key_mask(valid, causal=False)  # (B*C, 1, L+1, L+1)
-    if not cfg.history_sees_target:
-        mask[:, :, :L, L] = False
-    for block in model.blocks:
-        tokens = block(tokens, mask)
-    seq = tokens[:, -1].view(B, C, -1)  # (B, C, d)
-    request = model.request_features(hist).unsqueeze(1).expand(B, C, -1)
-    parts = [seq, target_raw, request]
-    if cfg.retrieval_feature:
-        parts.append((target_raw * model.encode_user(hist).unsqueeze(1)).sum(-1, keepdim=True))
-    return model.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
-
-
 @pytest.mark.parametrize("name", ["paper_default", "multi_valued_attrs", "ordinal"])
-def test_ranker_equals_every_block_over_every_position(name: str) -> None:
-    """Under target pooling `score` computes the last block for the target's query alone; that equals
-    every block over every position, the target's output read, padding included."""
+def test_training_ranker_path_equals_every_block_over_every_position(name: str) -> None:
+    """`score(every_position=False)` (what `forward` trains) computes the last block for the target's
+    query alone; it equals the reference, every block over every position, padding included."""
     cfg = CONFIGS[name]
     for n_blocks, sees in ((cfg.n_blocks, True), (2, False), (2, True)):
         torch.manual_seed(n_blocks)
@@ -75,9 +50,11 @@ def test_ranker_equals_every_block_over_every_position(name: str) -> None:
         hist = random_history(model.cfg, B=5, T=cfg.retrieval_len, gen=torch.Generator().manual_seed(3), min_len=0)
         cands = torch.randint(2, cfg.n_items, (5, 6), generator=torch.Generator().manual_seed(4))
         with torch.no_grad():
-            torch.testing.assert_close(
-                model.score(hist, cands), every_position_score(model, hist, cands), atol=1e-5, rtol=1e-5
-            )
+            reference = model.score(hist, cands)
+            torch.testing.assert_close(model.score(hist, cands, every_position=False), reference, atol=1e-5, rtol=1e-5)
+            batch = dict(zip(History._fields, hist, strict=True))
+            batch |= {"target": cands[:, 0], "label": torch.ones(5)}
+            torch.testing.assert_close(model(batch)[0], reference[:, 0], atol=1e-5, rtol=1e-5)
 
 
 def test_served_user_encodes_each_distinct_history_once_with_the_same_numbers() -> None:
