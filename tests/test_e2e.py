@@ -158,7 +158,10 @@ def test_recommend_filters_allow_deny_unavailable_and_depth(trained, redis_proc,
     with RecommenderClient(server.target) as client:
         now = time.time()
         base = client.recommend("e2e-cold", k=20)
-        client.record(user, [(base.items[0].item_id, now - 10, "click"), (base.items[1].item_id, now, "click")])
+        # gaps mid-way in their time buckets (20: 1,023-1,447 s, 22: 2,047-2,895 s), so requests seconds
+        # apart see the same positions and so the same scores (a click at `now` crossed a bucket within 0.4 s)
+        clicks = [(base.items[0].item_id, now - 2400, "click"), (base.items[1].item_id, now - 1200, "click")]
+        client.record(user, clicks)
         wide = {it.item_id: it.score for it in client.recommend(user, k=40).items}
         plain = list(wide)[:20]
 
