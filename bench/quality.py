@@ -139,8 +139,8 @@ def load(args: argparse.Namespace, work: Path) -> ClickLog:
 class TestSet:
     """What every model is scored on, for one seed, and the three protocols."""
 
-    positives: Examples  # held-out test positives (next-item protocols)
-    pairs: Examples  # CTR: the positives, then one uniform negative each
+    positives: Examples  # held-out test positives of the scored users (next-item protocols)
+    pairs: Examples  # CTR, every test user (cheap: two scores a user): the positives, then one negative each
     unseen: np.ndarray  # (len(positives), 100) sampled-100 negatives
 
     @classmethod
@@ -151,7 +151,7 @@ class TestSet:
         if users is not None and users < n:
             rows = np.sort(np.random.default_rng([seed, 40_000]).choice(n, users, replace=False))
         positives = split.test.subset(rows)
-        return cls(positives, pairs.subset(np.concatenate([rows, rows + n])), sample_unseen(data, positives, seed))
+        return cls(positives, pairs, sample_unseen(data, positives, seed))
 
     def ctr(self, scores: np.ndarray, calibrated: bool) -> dict[str, float]:
         """AUC, GAUC and, for scores that are log-odds trained with a log loss, logloss."""
@@ -394,7 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default 1)")
     parser.add_argument("--epochs", type=int, help="train.epochs for every model (default: TrainConfig's)")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
-    parser.add_argument("--eval-users", type=int, help="score a fixed random subset of test users (default: all)")
+    parser.add_argument(
+        "--eval-users",
+        type=int,
+        help="rank the full catalogue and sampled-100 for a fixed random subset of test users (default: all); "
+        "the CTR pairs always cover every test user",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override")
     parser.add_argument("--synth-users", type=int, default=SYNTH.n_users, help="synthetic users (default %(default)s)")
     parser.add_argument("--synth-items", type=int, default=SYNTH.n_items, help="synthetic items (default %(default)s)")
@@ -426,26 +431,34 @@ def main(argv: list[str] | None = None) -> int:
             per_seed, notes = {}, {}
             for seed in seeds:
                 per_seed[seed], notes[seed] = run_seed(clog, seed, args, work)
+                if args.json and seed != seeds[-1]:  # a long run keeps the seeds it finished
+                    write_json(args.json, args.dataset, per_seed, notes)
+                    log.info("seed %d done; %s holds seeds %s so far", seed, args.json, list(per_seed))
         except RecsysError as err:
             print(f"error: {err}", file=sys.stderr)
             return err.exit_code
     means, stds = summarise(per_seed)
     print(render(args.dataset, means, stds, seeds, notes))
     if args.json:
-        out = {
-            "dataset": args.dataset,
-            "protocol": PROTOCOLS,
-            "models": {m: {k: v for k, v in ms.items() if k not in COST_KEYS} for m, ms in means.items()},
-            "std": {m: {k: v for k, v in ms.items() if k not in COST_KEYS} for m, ms in stds.items()},
-            "seeds": seeds,
-            "per_seed": {str(s): runs for s, runs in per_seed.items()},
-            **{key: {m: ms[key] for m, ms in means.items() if key in ms} for key in COST_KEYS},
-            "notes": {str(s): n for s, n in notes.items()},
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1))
+        write_json(args.json, args.dataset, per_seed, notes)
         print(f"\nwrote {args.json}")
     return 0
+
+
+def write_json(path: Path, dataset: str, per_seed: dict[int, Results], notes: dict[int, Any]) -> None:
+    means, stds = summarise(per_seed)
+    out = {
+        "dataset": dataset,
+        "protocol": PROTOCOLS,
+        "models": {m: {k: v for k, v in ms.items() if k not in COST_KEYS} for m, ms in means.items()},
+        "std": {m: {k: v for k, v in ms.items() if k not in COST_KEYS} for m, ms in stds.items()},
+        "seeds": list(per_seed),
+        "per_seed": {str(s): runs for s, runs in per_seed.items()},
+        **{key: {m: ms[key] for m, ms in means.items() if key in ms} for key in COST_KEYS},
+        "notes": {str(s): n for s, n in notes.items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

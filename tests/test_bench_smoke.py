@@ -76,15 +76,18 @@ def test_bench_rank_compares_reference_fp32_bf16_and_int8(tmp_path: Path) -> Non
     assert 0 <= row["bf16_max_prob_gap"] < 0.05 and 0 <= row["int8_max_prob_gap"] < 0.05
 
 
-def test_bench_quality_scores_the_int8_and_bf16_servers_beside_fp32(tmp_path: Path) -> None:
+def test_bench_quality_scores_the_int8_and_bf16_servers_beside_fp32_and_auc_on_every_user(tmp_path: Path) -> None:
     out = tmp_path / "quality.json"
     done = _run(
         "bench.quality",
         *("--dataset", "synthetic", "--synth-users", "120", "--synth-items", "100", "--epochs", "1"),
-        *("--models", "bst,popular", "--precisions", "int8,bf16", "--json", str(out)),
+        *("--models", "bst,popular", "--precisions", "int8,bf16", "--eval-users", "40", "--json", str(out)),
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    models = json.loads(out.read_text())["models"]
+    report = json.loads(out.read_text())
+    models = report["models"]
+    # --eval-users bounds the ranking protocols; the CTR pairs (two scores a user) cover every test user
+    assert report["notes"]["0"]["test_users"] == 40 and report["notes"]["0"]["ctr_pairs"] > 100
     assert {"bst", "served", "retrieval", "bst-fast-fp32", "bst-int8", "bst-bf16", "popular"} <= set(models)
     for low in ("bst-int8", "bst-bf16"):
         for key in ("auc", "gauc", "hr@10", "ndcg@10"):
