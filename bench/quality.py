@@ -404,7 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synth-users", type=int, default=SYNTH.n_users, help="synthetic users (default %(default)s)")
     parser.add_argument("--synth-items", type=int, default=SYNTH.n_items, help="synthetic items (default %(default)s)")
     parser.add_argument("--work-dir", type=Path, help="keep artifacts and run dirs here (default: a temp dir)")
-    parser.add_argument("--json", type=Path, help="write the results as JSON")
+    parser.add_argument("--json", type=Path, help="write the results as JSON (after every seed)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the seeds an earlier run of the same command wrote to --json and run only the missing ones",
+    )
     parser.add_argument(
         "--precisions",
         default="",
@@ -422,37 +427,67 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.models) - set(MODELS))
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {','.join(MODELS)}")
+    run = run_options(args)
+    per_seed: dict[int, Results] = {}
+    notes: dict[int, Any] = {}
+    if args.resume:
+        if args.json is None:
+            parser.error("--resume needs --json, the file of the run to finish")
+        if args.json.exists():
+            old = json.loads(args.json.read_text())
+            if diff := [k for k in RUN_OPTIONS if old.get("run", {}).get(k) != run[k]]:
+                k = diff[0]
+                parser.error(
+                    f"--resume: {args.json} holds a run with {k}={old.get('run', {}).get(k)!r}, this command has "
+                    f"{run[k]!r}; fix: repeat that run's options, or write to a new --json"
+                )
+            per_seed = {int(s): r for s, r in old["per_seed"].items() if int(s) < args.seeds}
+            notes = {int(s): n for s, n in old["notes"].items() if int(s) in per_seed}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    seeds = list(range(args.seeds))
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         work = args.work_dir or Path(tmp)
         try:
             clog = load(args, work)
-            seeds = list(range(args.seeds))
-            per_seed, notes = {}, {}
             for seed in seeds:
+                if seed in per_seed:
+                    log.info("seed %d: kept from %s", seed, args.json)
+                    continue
                 per_seed[seed], notes[seed] = run_seed(clog, seed, args, work)
-                if args.json and seed != seeds[-1]:  # a long run keeps the seeds it finished
-                    write_json(args.json, args.dataset, per_seed, notes)
-                    log.info("seed %d done; %s holds seeds %s so far", seed, args.json, list(per_seed))
+                if args.json:  # a long run keeps the seeds it finished (see --resume)
+                    write_json(args.json, run, per_seed, notes)
+                    log.info("seed %d done; %s holds seeds %s", seed, args.json, sorted(per_seed))
         except RecsysError as err:
             print(f"error: {err}", file=sys.stderr)
             return err.exit_code
+    per_seed = dict(sorted(per_seed.items()))
     means, stds = summarise(per_seed)
     print(render(args.dataset, means, stds, seeds, notes))
     if args.json:
-        write_json(args.json, args.dataset, per_seed, notes)
+        write_json(args.json, run, per_seed, notes)
         print(f"\nwrote {args.json}")
     return 0
 
 
-def write_json(path: Path, dataset: str, per_seed: dict[int, Results], notes: dict[int, Any]) -> None:
+RUN_OPTIONS = ("dataset", "path", "attributes", "models", "epochs", "eval_users", "set", "precisions")
+RUN_OPTIONS += ("synth_users", "synth_items")
+
+
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that make two invocations the same experiment (all but --seeds, --json, --work-dir,
+    --resume), as JSON values; `--resume` continues a run only under the same ones."""
+    return {k: getattr(args, k) for k in RUN_OPTIONS}
+
+
+def write_json(path: Path, run: dict[str, Any], per_seed: dict[int, Results], notes: dict[int, Any]) -> None:
     means, stds = summarise(per_seed)
     out = {
-        "dataset": dataset,
+        "run": run,
+        "dataset": run["dataset"],
         "protocol": PROTOCOLS,
         "models": {m: {k: v for k, v in ms.items() if k not in COST_KEYS} for m, ms in means.items()},
         "std": {m: {k: v for k, v in ms.items() if k not in COST_KEYS} for m, ms in stds.items()},
-        "seeds": list(per_seed),
+        "seeds": sorted(per_seed),
         "per_seed": {str(s): runs for s, runs in per_seed.items()},
         **{key: {m: ms[key] for m, ms in means.items() if key in ms} for key in COST_KEYS},
         "notes": {str(s): n for s, n in notes.items()},

@@ -131,3 +131,20 @@ def test_bench_memory_generator_writes_a_time_ordered_log(tmp_path: Path, monkey
 def test_bench_bad_options_exit_2_with_the_fix(module: str, args: tuple[str, ...], expected: str) -> None:
     done = _run(module, *args)
     assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bench_quality_resume_keeps_finished_seeds_and_refuses_another_command(tmp_path: Path) -> None:
+    out = tmp_path / "q.json"
+    small = ("--dataset", "synthetic", "--synth-users", "80", "--synth-items", "60", "--models", "popular")
+    first = _run("bench.quality", *small, "--seeds", "1", "--json", str(out))
+    assert first.returncode == 0, first.stderr[-3000:]
+    seed0 = json.loads(out.read_text())["per_seed"]["0"]
+    out.write_text(out.read_text().replace(str(seed0["popular"]["auc"]), "0.123456789"))  # kept, not recomputed
+    done = _run("bench.quality", *small, "--seeds", "2", "--resume", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["seeds"] == [0, 1] and report["per_seed"]["0"]["popular"]["auc"] == 0.123456789
+    assert "seed 0: kept from" in done.stderr and set(report["per_seed"]["1"]) == {"popular"}
+    other = _run("bench.quality", *small[:-1], "popular,itemknn", "--seeds", "3", "--resume", "--json", str(out))
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "holds a run with models=['popular'], this command has ['popular', 'itemknn']" in other.stderr
