@@ -435,10 +435,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--resume needs --json, the file of the run to finish")
         if args.json.exists():
             old = json.loads(args.json.read_text())
-            if diff := [k for k in RUN_OPTIONS if old.get("run", {}).get(k) != run[k]]:
+            stored = old.get("run", {})
+            if diff := [k for k in RUN_OPTIONS if stored.get(k) != run[k]]:
                 k = diff[0]
                 parser.error(
-                    f"--resume: {args.json} holds a run with {k}={old.get('run', {}).get(k)!r}, this command has "
+                    f"--resume: {args.json} holds a run with {k}={stored.get(k)!r}, this command has "
                     f"{run[k]!r}; fix: repeat that run's options, or write to a new --json"
                 )
             per_seed = {int(s): r for s, r in old["per_seed"].items() if int(s) < args.seeds}
@@ -469,8 +470,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-RUN_OPTIONS = ("dataset", "path", "attributes", "models", "epochs", "eval_users", "set", "precisions")
-RUN_OPTIONS += ("synth_users", "synth_items")
+RUN_OPTIONS = (
+    *("dataset", "path", "attributes", "models", "epochs", "eval_users", "set", "precisions"),
+    *("synth_users", "synth_items"),
+)
 
 
 def run_options(args: argparse.Namespace) -> dict[str, Any]:
