@@ -125,6 +125,7 @@ def test_bench_memory_generator_writes_a_time_ordered_log(tmp_path: Path, monkey
             ("--dataset", "synthetic", "--precisions", "int8,fp16"),
             "--precisions fp16: unknown; fix: use int8 and/or bf16",
         ),
+        ("bench.quality", ("--dataset", "synthetic", "--resume"), "--resume needs --json, the file of the run"),
         ("bench.serve", ("--repeat", "0"), "--repeat must be >= 1, got 0"),
     ],
 )
