@@ -1,7 +1,7 @@
 """The one place where exceptions become gRPC statuses.
 
 Domain code raises `recsys.errors.RecsysError` subclasses whose `code` names a `grpc.StatusCode`
-member and whose message names the field and the fix; `ErrorInterceptor` aborts the call with that
+member and whose message names the field and the fix; `ErrorInterceptor` ends the call with that
 status and message. Anything else is a bug: it is logged with its traceback and the client gets
 INTERNAL with a request id to find that log line, and nothing of the exception itself.
 
@@ -88,14 +88,25 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             except RecsysError as err:
                 code = status_of(err)
                 logger.debug("%s -> %s: %s", method, code.name, err)
-                await context.abort(code, str(err))
+                return _fail(context, code, str(err))
             except Exception:
                 rid = request_id_of(context)
                 logger.exception("%s failed (request id %s)", method, rid)
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
+                return _fail(context, grpc.StatusCode.INTERNAL, f"internal error (request id {rid})")
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def _fail(context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, details: str) -> None:
+    """Set the call's status and return no response; gRPC sends the status once the handler returns.
+
+    Not `context.abort`, which sends the status at once: the client could then see the error before
+    the interceptors outside this one (metrics, access log) had counted it, and a scrape right after a
+    failed call would miss it.
+    """
+    context.set_code(code)
+    context.set_details(details)

@@ -95,6 +95,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             code, response = grpc.StatusCode.OK, None
             try:
                 response = await behavior(request, context)
+                code = _status(context)  # the error interceptor sets a failed call's status and returns None
                 return response
             except grpc.aio.AbortError:
                 code = _status(context)
@@ -228,6 +229,8 @@ def _matches(token: bytes, allowed: Sequence[bytes]) -> bool:
 
 def _status(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
     code = context.code()
+    if code is None:
+        return grpc.StatusCode.OK
     if isinstance(code, grpc.StatusCode):
         return code
     for member in grpc.StatusCode:  # some grpc versions report the raw integer
