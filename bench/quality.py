@@ -108,6 +108,7 @@ FULL_KEYS = ("hr@10", "ndcg@10", "recall@50")
 SAMPLED_KEYS = ("sampled_hr@10", "sampled_ndcg@10")
 Results = dict[str, dict[str, float]]  # model -> metric -> value
 COST_KEYS = ("train_seconds", "examples_per_second", "best_epoch")
+VALID_KEYS = ("valid_auc", "valid_ndcg@10")  # the chosen epoch's validation metrics: what selection saw
 HEADERS = {
     "auc": "AUC",
     "gauc": "GAUC",
@@ -117,6 +118,8 @@ HEADERS = {
     "train_seconds": "train s",
     "examples_per_second": "examples/s",
     "best_epoch": "best epoch",
+    "valid_auc": "valid AUC",
+    "valid_ndcg@10": "valid NDCG@10",
 }
 
 
@@ -169,10 +172,14 @@ def full(ranks: np.ndarray, keys: tuple[str, ...] = FULL_KEYS) -> dict[str, floa
 
 
 def fit_cost(result: FitResult) -> dict[str, float]:
+    """Training cost and the chosen epoch's validation metrics (AUC; NDCG@10 for models with a
+    retrieval head), so a results file shows what model selection saw, not only the test."""
+    valid = {f"valid_{k}": result.best_metrics[k] for k in ("auc", "ndcg@10") if k in result.best_metrics}
     return {
         "train_seconds": result.seconds,
         "examples_per_second": result.examples_per_second,
         "best_epoch": float(result.best_epoch),
+        **valid,
     }
 
 
@@ -379,6 +386,7 @@ def render(dataset: str, means: dict, stds: dict, seeds: list[int], notes: dict)
             rows,
             n,
         ),
+        table("Validation, the chosen epoch (model selection saw only these)", VALID_KEYS, means, stds, rows, n),
         table("Training cost", COST_KEYS, means, stds, rows, n),
     ]
     if "itemknn" in first:

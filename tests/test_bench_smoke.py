@@ -94,6 +94,11 @@ def test_bench_quality_scores_the_int8_and_bf16_servers_beside_fp32_and_auc_on_e
             assert 0 <= models[low][key] <= 1
         assert abs(models[low]["auc"] - models["bst-fast-fp32"]["auc"]) < 0.05  # the same scorer, lower precision
         assert f"| {low} |" in done.stdout  # and printed beside fp32
+    # what model selection saw: the chosen epoch's validation metrics, per seed and printed
+    fitted = report["per_seed"]["0"]["bst"]
+    assert 0 < fitted["valid_auc"] <= 1 and 0 <= fitted["valid_ndcg@10"] <= 1
+    assert "valid_auc" not in report["per_seed"]["0"]["popular"]  # nothing was selected for it
+    assert "### Validation, the chosen epoch" in done.stdout
 
 
 def test_bench_memory_generator_writes_a_time_ordered_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
