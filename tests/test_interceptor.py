@@ -140,3 +140,52 @@ def test_server_keeps_serving_after_errors_and_handler_aborts_pass_through() -> 
     assert got["echo"] == (grpc.StatusCode.OK, "", b"still here")
     assert got["serving"] == health_pb2.HealthCheckResponse.SERVING
     assert got["unknown"] == grpc.StatusCode.NOT_FOUND  # the health servicer's own abort, not INTERNAL
+
+
+class _SlowOuter(grpc.aio.ServerInterceptor):
+    """An interceptor outside the error interceptor (where the access log and metrics sit) that
+    awaits before it records the call's end, widening the window in which a status sent too early
+    would reach the client first."""
+
+    def __init__(self) -> None:
+        self.finished: list[str] = []
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        inner = handler.unary_unary
+
+        async def wrapped(request: bytes, context: Any) -> Any:
+            try:
+                return await inner(request, context)
+            finally:
+                await asyncio.sleep(0.3)
+                self.finished.append(details.method)
+
+        return grpc.unary_unary_rpc_method_handler(wrapped)
+
+
+def test_a_domain_error_reaches_the_client_only_after_the_outer_interceptors_finish() -> None:
+    # `context.abort` sent the status at once, so a metrics scrape right after a failed call could miss
+    # it (a CI failure); the status must leave only when every interceptor has counted the call
+    outer = _SlowOuter()
+
+    async def main() -> tuple[tuple[grpc.StatusCode, str, bytes | None], list[str]]:
+        server = grpc.aio.server(interceptors=[outer, ErrorInterceptor()])
+        server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    SERVICE, {"Invalid": grpc.unary_unary_rpc_method_handler(HANDLERS["Invalid"])}
+                )
+            ]
+        )
+        target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+        await server.start()
+        try:
+            got = await _call(target, "Invalid")
+            return got, list(outer.finished)  # what had finished when the client got its answer
+        finally:
+            await server.stop(0)
+
+    got, finished = asyncio.run(main())
+    assert got[0] == grpc.StatusCode.INVALID_ARGUMENT and got[1] == str(DOMAIN_ERRORS["Invalid"][0])
+    assert finished == [f"/{SERVICE}/Invalid"]
