@@ -174,7 +174,8 @@ def full(ranks: np.ndarray, keys: tuple[str, ...] = FULL_KEYS) -> dict[str, floa
 def fit_cost(result: FitResult) -> dict[str, float]:
     """Training cost and the chosen epoch's validation metrics (AUC; NDCG@10 for models with a
     retrieval head), so a results file shows what model selection saw, not only the test."""
-    valid = {f"valid_{k}": result.best_metrics[k] for k in ("auc", "ndcg@10") if k in result.best_metrics}
+    chosen = result.best_metrics
+    valid = {key: chosen[key.removeprefix("valid_")] for key in VALID_KEYS if key.removeprefix("valid_") in chosen}
     return {
         "train_seconds": result.seconds,
         "examples_per_second": result.examples_per_second,
