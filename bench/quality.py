@@ -99,7 +99,8 @@ PROTOCOLS = {
     "ctr": "CTR: each test positive vs one uniform sampled negative with the same history (the pairs of "
     "training.pipeline.test_metrics); logloss only for models trained with a log loss",
     "full": "next item, full ranking: the held-out item ranked against every item, items the user clicked "
-    "before excluded; bst = served (FAISS retrieval top-200 -> BST ranker, top 10 only, so no Recall@50)",
+    "before excluded; bst = served (FAISS retrieval top-K -> BST ranker, top 10 only, so no Recall@50; K, "
+    "the serving depth, chosen on validation at export: training.pipeline.choose_serving_depth)",
     "sampled": "next item, sampled-100: the held-out item ranked among 100 items drawn uniformly from "
     "those the user never clicked (the SASRec/BERT4Rec protocol)",
 }
@@ -109,6 +110,7 @@ SAMPLED_KEYS = ("sampled_hr@10", "sampled_ndcg@10")
 Results = dict[str, dict[str, float]]  # model -> metric -> value
 COST_KEYS = ("train_seconds", "examples_per_second", "best_epoch")
 VALID_KEYS = ("valid_auc", "valid_ndcg@10")  # the chosen epoch's validation metrics: what selection saw
+DEPTH_KEYS = ("served_depth", "valid_served_ndcg@10")  # the serving depth K chosen on validation, and its score
 HEADERS = {
     "auc": "AUC",
     "gauc": "GAUC",
@@ -120,6 +122,8 @@ HEADERS = {
     "best_epoch": "best epoch",
     "valid_auc": "valid AUC",
     "valid_ndcg@10": "valid NDCG@10",
+    "served_depth": "K",
+    "valid_served_ndcg@10": "valid served NDCG@10",
 }
 
 
@@ -204,7 +208,12 @@ def score_bst(report: TrainReport, ts: TestSet, check: bool, precisions: Sequenc
     served scorer, and the served pipeline), beside bst-fast-fp32 (the same served scorer in fp32), for
     the quality-parity check of issue 8."""
     bst, data = report.model, report.data
-    served = full(served_ranks(Recommender.load(report.artifact), data, ts.positives), ("hr@10", "ndcg@10"))
+    rec = Recommender.load(report.artifact)
+    served = full(served_ranks(rec, data, ts.positives), ("hr@10", "ndcg@10"))
+    chosen = rec.artifact.manifest.get("serving", {}).get("validation", {}).get(str(rec.retrieval_depth), {})
+    depth = {"served_depth": float(rec.retrieval_depth)} | (
+        {"valid_served_ndcg@10": chosen["ndcg@10"]} if "ndcg@10" in chosen else {}
+    )
     ranker = ts.ctr(ctr_logits(bst, data, ts.pairs), calibrated=True)
     if check:
         for ours, theirs in ((ranker, report.test["bst"]), (served, report.test["served"])):
@@ -220,7 +229,7 @@ def score_bst(report: TrainReport, ts: TestSet, check: bool, precisions: Sequenc
             served_ranks(low, data, ts.positives), ("hr@10", "ndcg@10")
         )
     return {
-        "bst": ranker | served | ts.sampled(model_candidates(bst, data)) | fit_cost(report.fit),
+        "bst": ranker | served | ts.sampled(model_candidates(bst, data)) | fit_cost(report.fit) | depth,
         "served": served,
         "retrieval": (
             ts.ctr(target_scores(retrieval, ts.pairs), calibrated=False)
@@ -338,7 +347,7 @@ def cell(means: dict[str, float], stds: dict[str, float], key: str, n_seeds: int
         return "–"
     if key == "examples_per_second":
         return f"{means[key]:,.0f}"
-    if key in ("train_seconds", "best_epoch"):
+    if key in ("train_seconds", "best_epoch", "served_depth"):
         return f"{means[key]:.1f}" + (f" ± {stds[key]:.1f}" if n_seeds > 1 else "")
     return f"{means[key]:.4f}" + (f" ± {stds[key]:.4f}" if n_seeds > 1 else "")
 
@@ -371,7 +380,7 @@ def render(dataset: str, means: dict, stds: dict, seeds: list[int], notes: dict)
         ),
         table(
             f"Next item, full ranking, seen excluded ({first['test_users']} test users"
-            + ("; bst = served: retrieval top-200 -> ranker, top 10 only)" if "bst" in means else ")"),
+            + ("; bst = served: retrieval top-K -> ranker, top 10 only)" if "bst" in means else ")"),
             FULL_KEYS,
             means,
             stds,
@@ -388,6 +397,7 @@ def render(dataset: str, means: dict, stds: dict, seeds: list[int], notes: dict)
             n,
         ),
         table("Validation, the chosen epoch (model selection saw only these)", VALID_KEYS, means, stds, rows, n),
+        table("Serving depth K, chosen on validation (served NDCG@10 at that depth)", DEPTH_KEYS, means, stds, rows, n),
         table("Training cost", COST_KEYS, means, stds, rows, n),
     ]
     if "itemknn" in first:

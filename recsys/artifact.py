@@ -4,7 +4,8 @@ One directory per version under an artifact root, and a `LATEST` file naming the
 
     ROOT/LATEST                       the live version's directory name (replaced atomically)
     ROOT/<version>/manifest.json      format version, model config, created_at, training-data summary,
-                                      validation metrics, index kind, sha256 of every other file
+                                      validation metrics, index kind, serving depth, sha256 of every
+                                      other file
     ROOT/<version>/model.safetensors  weights and the item side-feature tables (no pickle)
     ROOT/<version>/features.json      vocabularies and the feature schema
     ROOT/<version>/item_vectors.safetensors  the retrieval item vectors, (n_items, d) float32
@@ -71,6 +72,12 @@ class Artifact:
     @property
     def version(self) -> str:
         return str(self.manifest["version"])
+
+    @property
+    def retrieval_depth(self) -> int | None:
+        """The serving depth chosen on validation at export (`serving.retrieval_depth`), if any."""
+        depth = self.manifest.get("serving", {}).get("retrieval_depth")
+        return int(depth) if depth else None
 
 
 def sha256(path: Path) -> str:
@@ -142,6 +149,17 @@ def save(
         set_latest(root, version)
     log.info("wrote artifact %s", final)
     return final
+
+
+def update_manifest(path: Path, fields: dict[str, Any]) -> None:
+    """Add or replace top-level entries of a version's manifest (what a step after the export decided:
+    the serving depth, a promotion gate's verdict). Written to a temp file and renamed, so a reader sees
+    the old manifest or the new one; the manifest carries the other files' checksums, not its own."""
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest.update(fields)
+    tmp = path / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    os.replace(tmp, path / MANIFEST)
 
 
 def set_latest(root: Path, version: str) -> None:

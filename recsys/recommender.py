@@ -99,12 +99,14 @@ class Recommender:
         self,
         art: artifact_format.Artifact,
         retriever: Retriever | None = None,
-        retrieval_depth: int = DEFAULT_RETRIEVAL_DEPTH,
+        retrieval_depth: int | None = None,
         scorer: Literal["fast", "reference"] = "fast",
         precision: Literal["fp32", "bf16", "int8"] = "fp32",
         state_cache: int = DEFAULT_STATE_CACHE,
     ):
-        """`state_cache`: users whose fast-path state (retrieval vector, history keys and values, the
+        """`retrieval_depth`: candidates retrieved and ranked when a request names none; None = the depth
+        the artifact chose on validation at export (`serving.retrieval_depth`), else 200.
+        `state_cache`: users whose fast-path state (retrieval vector, history keys and values, the
         request's MLP part) is kept between requests (`recsys.fast.StateCache`; 0 = off).
         `precision="bf16"`: the fast ranker runs on a bfloat16 copy of the weights; `"int8"`: its
         per-candidate MLP runs as dynamically quantized int8 linears (`recsys.fast.quantize_int8`).
@@ -132,7 +134,8 @@ class Recommender:
         self.state_cache = StateCache(state_cache) if self.fast is not None and state_cache > 0 else None
         self.featurizer = art.featurizer
         self.retriever: Retriever = retriever or art.index
-        self.retrieval_depth = retrieval_depth
+        # the default depth: the caller's, else the one chosen on validation at export, else 200
+        self.retrieval_depth = retrieval_depth or art.retrieval_depth or DEFAULT_RETRIEVAL_DEPTH
         self.version = art.version
         self.created_at = str(art.manifest["created_at"])
         self.n_items = int(art.manifest["catalog_size"])

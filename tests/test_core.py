@@ -13,10 +13,14 @@ import torch
 
 from recsys import artifact
 from recsys.batch import time_bucket
-from recsys.errors import ArtifactError
+from recsys.config import apply_overrides
+from recsys.errors import ArtifactError, InvalidArgument
 from recsys.features import Event, UserState
 from recsys.index import ExactRetriever, FaissRetriever, IndexConfig, recall_at
-from recsys.recommender import Recommender
+from recsys.recommender import DEFAULT_RETRIEVAL_DEPTH, Recommender
+from training.dataset import leave_one_out
+from training.evaluate import choose_depth
+from training.trainer import TrainConfig
 
 
 def test_time_buckets_are_monotone_and_bounded() -> None:
@@ -82,6 +86,34 @@ def test_artifact_round_trip_and_latest_pointer(trained) -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     # no pickle anywhere: every file is JSON, safetensors, parquet or FAISS's own format
     assert all(not p.name.endswith((".pt", ".pkl", ".pickle")) for p in trained.artifact.iterdir())
+
+
+def test_the_export_serves_at_the_depth_that_scored_best_on_validation(trained, tmp_path: Path) -> None:
+    serving = json.loads((trained.artifact / "manifest.json").read_text())["serving"]
+    table = {int(d): m for d, m in serving["validation"].items()}
+    assert sorted(table) == list(TrainConfig().serve_depths)
+    best = max(table.values(), key=lambda m: m["ndcg@10"])["ndcg@10"]
+    assert serving["retrieval_depth"] == min(d for d, m in table.items() if m["ndcg@10"] == best)  # ties: smaller
+    # the table is the served pipeline's own on the validation clicks (all of them on this small log)
+    valid = leave_one_out(trained.data).valid
+    depth, again = choose_depth(Recommender.load(trained.artifact), trained.data, valid, TrainConfig().serve_depths)
+    assert depth == serving["retrieval_depth"] and again == table
+    # the recommender serves at it unless told otherwise; an artifact without the entry keeps 200
+    assert Recommender.load(trained.artifact).retrieval_depth == depth
+    assert Recommender.load(trained.artifact, retrieval_depth=50).retrieval_depth == 50
+    old = tmp_path / trained.artifact.name
+    shutil.copytree(trained.artifact, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["serving"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert Recommender.load(old).retrieval_depth == DEFAULT_RETRIEVAL_DEPTH
+
+
+@pytest.mark.parametrize("depths", ["[5]", "[10,5000]"])
+def test_serve_depths_outside_10_to_2000_are_refused_naming_the_fix(depths: str) -> None:
+    with pytest.raises(InvalidArgument, match=r"train\.serve_depths=.*out of range; fix: depths between 10"):
+        apply_overrides(TrainConfig(), [f"train.serve_depths={depths}"], "train")
+    assert apply_overrides(TrainConfig(), ["train.serve_depths=[]"], "train").serve_depths == ()
 
 
 def test_missing_file_and_dangling_latest_are_refused(trained, tmp_path: Path) -> None:

@@ -173,6 +173,8 @@ def test_the_daily_loop_learns_new_items_and_the_running_server_picks_the_promot
     assert gate["promoted"] and gate["against"] == trained.artifact.name
     assert gate["candidate"]["ndcg@10"] >= gate["live"]["ndcg@10"]
     assert manifest["retrain"]["from"] == trained.artifact.name
+    # the candidate was gated at the serving depth it chose on its own validation clicks
+    assert manifest["serving"]["retrieval_depth"] == Recommender.load(root / version).retrieval_depth
     rec = Recommender.load(root)
     old = artifact.load(trained.artifact).featurizer.items.tokens
     assert rec.featurizer.items.tokens[: len(old)] == old

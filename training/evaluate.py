@@ -170,3 +170,18 @@ def served_ranks(
             if name in ids:
                 ranks[sl.start + j] = ids.index(name)
     return ranks
+
+
+def choose_depth(
+    rec: Recommender, data: EncodedLog, ex: Examples, depths: tuple[int, ...], metric: str = "ndcg@10"
+) -> tuple[int, dict[int, dict[str, float]]]:
+    """The retrieval depth (candidates the ranker orders) whose served top 10 scores best on `metric`
+    over `ex`, a validation set: ties go to the smaller depth, which also serves faster. Returns the
+    depth and every depth's served metrics. A ranker can order retrieval's first few candidates better
+    than retrieval and still bury the held-out item under a long list's weaker ones."""
+    table = {
+        d: {k: v for k, v in rank_metrics(served_ranks(rec, data, ex, depth=d)).items() if k != "recall@50"}
+        for d in sorted(set(depths))
+    }
+    best = max(table, key=lambda d: (table[d][metric], -d))
+    return best, table

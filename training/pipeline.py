@@ -20,8 +20,9 @@ from recsys.data import ClickLog
 from recsys.index import FIRST_ITEM, IndexConfig
 from recsys.model import BST, ModelConfig
 from recsys.recommender import Recommender
-from training.dataset import EncodedLog, Split, leave_one_out, sample_negatives
+from training.dataset import EncodedLog, Examples, Split, leave_one_out, sample_negatives
 from training.evaluate import (
+    choose_depth,
     ctr_logits,
     ctr_metrics,
     rank_metrics,
@@ -74,6 +75,38 @@ def popular_list(popularity: np.ndarray) -> list[tuple[int, float]]:
     order = np.argsort(-counts, kind="stable")[:POPULAR_LIST]
     total = counts.sum() or 1.0
     return [(int(i), float(counts[i] / total)) for i in order if i >= FIRST_ITEM]
+
+
+def choose_serving_depth(path: Path, data: EncodedLog, valid: Examples, cfg: TrainConfig) -> int | None:
+    """Serve a written version on (up to `cfg.eval_examples` of) the validation examples at each of
+    `cfg.serve_depths`, and record the best depth, with every depth's metrics, in its manifest's
+    `serving` entry: the recommender's default for requests that name no depth. Call it before the
+    version goes live (the manifest is rewritten atomically either way)."""
+    if not cfg.serve_depths or len(valid) == 0:
+        return None
+    if len(valid) > cfg.eval_examples:
+        rng = np.random.default_rng([cfg.seed, 30_000])
+        valid = valid.subset(np.sort(rng.choice(len(valid), cfg.eval_examples, replace=False)))
+    metric = cfg.select_metric if cfg.select_metric in ("hr@10", "ndcg@10") else "ndcg@10"
+    depth, table = choose_depth(Recommender.load(path), data, valid, cfg.serve_depths, metric)
+    log.info(
+        "serving depth %d chosen on %d validation examples by served %s: %s",
+        depth,
+        len(valid),
+        metric,
+        ", ".join(f"{d}: {m[metric]:.4f}" for d, m in table.items()),
+    )
+    artifact.update_manifest(
+        path,
+        {
+            "serving": {
+                "retrieval_depth": depth,
+                "chosen_by": f"served {metric} on {len(valid)} validation examples",
+                "validation": {str(d): m for d, m in table.items()},
+            }
+        },
+    )
+    return depth
 
 
 def test_metrics(
@@ -131,6 +164,7 @@ def train_and_export(
         data.seed_frame(SEED_HISTORY),
         summary,
         {f"valid_{k}": v for k, v in result.best_metrics.items()},
+        make_latest=False,
         index_config=apply_overrides(IndexConfig(), overrides or [], "index"),
         queries=user_vectors(model, data, split.valid, IndexConfig().recall_queries),
         extra={
@@ -139,6 +173,8 @@ def train_and_export(
             "examples_per_second": round(result.examples_per_second, 1),
         },
     )
+    choose_serving_depth(path, data, split.valid, train_cfg)
+    artifact.set_latest(Path(out), path.name)
     rec = Recommender.load(path)
     test = test_metrics(model, rec, data, split, train_cfg.seed, train_cfg.test_users)
     return TrainReport(path, result, test, model, data)

@@ -49,7 +49,7 @@ from recsys.model import BST
 from recsys.recommender import Recommender
 from training.dataset import EncodedLog, Split, time_split
 from training.evaluate import rank_metrics, served_ranks, user_vectors
-from training.pipeline import SEED_HISTORY, popular_list
+from training.pipeline import SEED_HISTORY, choose_serving_depth, popular_list
 from training.trainer import TrainConfig, fit
 
 log = logging.getLogger(__name__)
@@ -226,6 +226,7 @@ def retrain(
             "retrain": {"from": base.version, "new_batch": new.summary(), "window_days": window_days},
         },
     )
+    choose_serving_depth(path, data, split.valid, train_cfg)
     held = gate_examples(split, gate)
     scores = {
         "candidate": rank_metrics(served_ranks(Recommender.load(path), data, held)),
@@ -240,11 +241,7 @@ def retrain(
         "config": to_dict(gate),
         **scores,
     }
-    manifest = json.loads((path / artifact.MANIFEST).read_text())
-    manifest["gate"] = decision
-    tmp = path / (artifact.MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp, path / artifact.MANIFEST)
+    artifact.update_manifest(path, {"gate": decision})
     final = root / version
     os.replace(path, final)  # complete and gated: now visible in the registry
     if promoted:

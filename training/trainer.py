@@ -21,7 +21,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from recsys.config import to_dict
+from recsys.errors import InvalidArgument
 from recsys.model import BST
+from recsys.recommender import MAX_RETRIEVAL_DEPTH
 from training.dataset import (
     EncodedLog,
     Examples,
@@ -63,6 +65,17 @@ class TrainConfig:
     max_minutes: float = 30.0  # wall-clock budget, checked every BUDGET_CHECK_STEPS steps: the epoch it ends is cut
     # short and validated, and the best epoch so far is kept
     progress: bool = True  # tqdm progress bar with the running loss
+    serve_depths: tuple[int, ...] = (10, 20, 50, 100, 200)  # retrieval depths served on validation after
+    # training; the best (served NDCG@10, or select_metric when it is hr@10) becomes the artifact's default
+    # depth (`training.evaluate.choose_depth`); () keeps the recommender's default, 200
+
+    def __post_init__(self) -> None:
+        bad = [d for d in self.serve_depths if not 10 <= d <= MAX_RETRIEVAL_DEPTH]
+        if bad:
+            raise InvalidArgument(
+                f"train.serve_depths={list(self.serve_depths)}: {bad[0]} is out of range; fix: depths between 10 "
+                f"(the served top 10) and {MAX_RETRIEVAL_DEPTH}, e.g. [10,20,50,100,200], or [] to keep the default"
+            )
 
 
 @dataclass
