@@ -288,6 +288,7 @@ def run_seed(clog: ClickLog, seed: int, args: argparse.Namespace, work: Path) ->
         overrides.append(f"train.epochs={args.epochs}")
     model_cfg, train_cfg = configs(overrides)
     results: Results = {}
+    serving = None
     if "bst" in args.models:
         report = train_and_export(clog, work / f"artifact-{seed}", overrides, run_dir=work / f"bst-{seed}")
         assert report is not None  # one process: rank 0
@@ -295,6 +296,7 @@ def run_seed(clog: ClickLog, seed: int, args: argparse.Namespace, work: Path) ->
         split = leave_one_out(data)
         ts = TestSet.build(data, split, seed, args.eval_users)
         results.update(score_bst(report, ts, check=args.eval_users is None, precisions=args.precisions))
+        serving = json.loads((report.artifact / "manifest.json").read_text()).get("serving")
     else:  # the features and split train_and_export would build
         bst, feats = build_model(clog, model_cfg)
         data, model_cfg = EncodedLog.build(clog, feats), bst.cfg
@@ -313,6 +315,8 @@ def run_seed(clog: ClickLog, seed: int, args: argparse.Namespace, work: Path) ->
         "model_config": to_dict(model_cfg),
         "train_config": to_dict(train_cfg),
     }
+    if serving:
+        notes["serving"] = serving  # the depth the export chose and every depth's validation scores
     if "itemknn" in args.models:
         t0 = time.monotonic()
         knn = pick_itemknn(data, split, train_cfg)
@@ -400,6 +404,13 @@ def render(dataset: str, means: dict, stds: dict, seeds: list[int], notes: dict)
         table("Serving depth K, chosen on validation (served NDCG@10 at that depth)", DEPTH_KEYS, means, stds, rows, n),
         table("Training cost", COST_KEYS, means, stds, rows, n),
     ]
+    for seed in (s for s in seeds if "serving" in notes[s]):
+        scores = notes[seed]["serving"]["validation"]
+        parts.append(
+            f"seed {seed}: served NDCG@10 on validation by depth: "
+            + ", ".join(f"{d}: {m['ndcg@10']:.4f}" for d, m in scores.items())
+            + f" -> K = {notes[seed]['serving']['retrieval_depth']}"
+        )
     if "itemknn" in first:
         parts.append("itemknn (picked on validation): " + ", ".join(str(notes[s].get("itemknn")) for s in seeds))
     return "\n\n".join(parts)
