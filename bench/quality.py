@@ -408,7 +408,7 @@ def render(dataset: str, means: dict, stds: dict, seeds: list[int], notes: dict)
         scores = notes[seed]["serving"]["validation"]
         parts.append(
             f"seed {seed}: served NDCG@10 on validation by depth: "
-            + ", ".join(f"{d}: {m['ndcg@10']:.4f}" for d, m in scores.items())
+            + ", ".join(f"{d}: {scores[d]['ndcg@10']:.4f}" for d in sorted(scores, key=int))
             + f" -> K = {notes[seed]['serving']['retrieval_depth']}"
         )
     if "itemknn" in first:
