@@ -172,6 +172,12 @@ def served_ranks(
     return ranks
 
 
+def served_metrics(rec: Recommender, data: EncodedLog, ex: Examples, depth: int | None = None) -> dict[str, float]:
+    """HR@10 and NDCG@10 of the served top 10 (`served_ranks`). Recall@50 is left out: a top 10 has no
+    50th place."""
+    return {k: v for k, v in rank_metrics(served_ranks(rec, data, ex, depth=depth)).items() if k != "recall@50"}
+
+
 def choose_depth(
     rec: Recommender, data: EncodedLog, ex: Examples, depths: tuple[int, ...], metric: str = "ndcg@10"
 ) -> tuple[int, dict[int, dict[str, float]]]:
@@ -179,9 +185,6 @@ def choose_depth(
     over `ex`, a validation set: ties go to the smaller depth, which also serves faster. Returns the
     depth and every depth's served metrics. A ranker can order retrieval's first few candidates better
     than retrieval and still bury the held-out item under a long list's weaker ones."""
-    table = {
-        d: {k: v for k, v in rank_metrics(served_ranks(rec, data, ex, depth=d)).items() if k != "recall@50"}
-        for d in sorted(set(depths))
-    }
+    table = {d: served_metrics(rec, data, ex, depth=d) for d in sorted(set(depths))}
     best = max(table, key=lambda d: (table[d][metric], -d))
     return best, table

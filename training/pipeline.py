@@ -28,7 +28,7 @@ from training.evaluate import (
     rank_metrics,
     retrieval_ranks,
     score_ranks,
-    served_ranks,
+    served_metrics,
     user_vectors,
 )
 from training.trainer import FitResult, TrainConfig, distributed, fit
@@ -124,8 +124,7 @@ def test_metrics(
     pop = torch.from_numpy(split.popularity.astype(np.float32))
     out = {
         "retrieval": rank_metrics(retrieval_ranks(model, data, test)),
-        # the served list is a top 10: Recall@50 is undefined for it, so it is left out
-        "served": {k: v for k, v in rank_metrics(served_ranks(rec, data, test)).items() if k != "recall@50"},
+        "served": served_metrics(rec, data, test),
         "popular": rank_metrics(score_ranks(lambda ex: pop.expand(len(ex), -1), data, test)),
     }
     out["bst"] = ctr_metrics(ctr.user, ctr.label, ctr_logits(model, data, ctr))
