@@ -10,6 +10,7 @@ import torch
 
 from recsys.model import BST, History, ModelConfig
 from tests.model_contract import CHECKS, random_history
+from training.baselines import SASRec, SASRecConfig
 from training.dataset import Examples
 from training.trainer import grouped_permutation
 
@@ -55,6 +56,29 @@ def test_training_ranker_path_equals_every_block_over_every_position(name: str) 
             batch = dict(zip(History._fields, hist, strict=True))
             batch |= {"target": cands[:, 0], "label": torch.ones(5)}
             torch.testing.assert_close(model(batch)[0], reference[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_every_table_summed_into_a_token_starts_at_one_scale() -> None:
+    """Item ids, side features, positions, events and the retrieval slots are added together into
+    each token: all start from N(0, 0.02) with a zero padding row, so no part drowns the others (the
+    default N(0, 1) positions had been 50 times the item embeddings). The SASRec baseline alike."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_items=5000, side_sizes=(3000,), side_widths=(2,), n_events=400, n_positions=400)
+    model = BST(cfg)
+    tables = {
+        "ids": model.items.ids,
+        "sides": model.items.sides[0],
+        "position": model.position,
+        "event": model.event,
+        "slot": model.slot,
+        "sasrec slot": SASRec(SASRecConfig(n_items=5000, max_len=400)).slot,
+    }
+    for name, emb in tables.items():
+        w = emb.weight.detach()
+        if emb.padding_idx is not None:
+            assert not w[emb.padding_idx].any(), f"{name}: padding row must be zero"
+            w = torch.cat([w[: emb.padding_idx], w[emb.padding_idx + 1 :]])
+        assert 0.018 < float(w.std()) < 0.022, f"{name}: std {float(w.std()):.4f}, expected 0.02"
 
 
 def test_served_user_encodes_each_distinct_history_once_with_the_same_numbers() -> None:

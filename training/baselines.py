@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys.index import FIRST_ITEM
-from recsys.model import Block, History, ItemEmbedding, ModelConfig, key_mask, next_item_loss
+from recsys.model import Block, History, ItemEmbedding, ModelConfig, key_mask, next_item_loss, token_embedding
 from training.dataset import EncodedLog, Examples, Split
 
 # ---------------------------------------------------------------------------------------------------
@@ -270,7 +270,7 @@ class SASRec(nn.Module):
         self.cfg = cfg
         block_cfg = cfg.block_config()
         self.items = ItemEmbedding(block_cfg)
-        self.slot = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.slot = token_embedding(cfg.max_len, cfg.d_model, padding_idx=None)
         self.blocks = nn.ModuleList(Block(block_cfg) for _ in range(cfg.n_blocks))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
