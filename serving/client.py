@@ -207,6 +207,7 @@ def _run(client: RecommenderClient, args: argparse.Namespace) -> str:
         f"model_version  {info.model_version}",
         f"created_at     {info.created_at}",
         f"catalog_size   {info.catalog_size}",
+        f"retrieval_depth {info.default_retrieval_depth}",
     ]
     lines += [f"{name:<14} {value:.4f}" for name, value in sorted(info.metrics.items())]
     return "\n".join(lines)

@@ -145,6 +145,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             created_at=info.created_at,
             catalog_size=info.catalog_size,
             metrics=dict(info.metrics),
+            default_retrieval_depth=info.default_retrieval_depth,
         )
 
 

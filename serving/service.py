@@ -64,6 +64,7 @@ class ModelInfo:
     created_at: str
     catalog_size: int
     metrics: Mapping[str, float]
+    default_retrieval_depth: int  # what Recommend retrieves when a request names no depth
 
 
 class RecommendationService:
@@ -222,6 +223,7 @@ class RecommendationService:
             created_at=model.created_at,
             catalog_size=model.n_items,
             metrics=dict(model.metrics),
+            default_retrieval_depth=model.retrieval_depth,
         )
 
     def _read_user(self, user_id: str, method: str) -> tuple[UserState, str]:

@@ -3,6 +3,7 @@ against a throwaway redis-server, and query it with the client."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -95,6 +96,8 @@ def test_invalid_requests_name_the_field_and_the_server_stays_up(trained, server
         assert client.recommend("u00001", k=5).personalised
         info = client.info()
         assert info.model_version == trained.artifact.name and info.catalog_size == 200
+        chosen = json.loads((trained.artifact / "manifest.json").read_text())["serving"]["retrieval_depth"]
+        assert info.default_retrieval_depth == chosen  # the depth the export chose on validation
 
 
 def test_served_scores_equal_the_in_memory_model(trained, server_factory) -> None:
