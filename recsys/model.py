@@ -92,7 +92,7 @@ def token_embedding(n: int, d: int, padding_idx: int | None = 0) -> nn.Embedding
     padding row zero. All parts of a token must start at one scale: PyTorch's default N(0, 1) had made
     the positions 50 times the size of the item embeddings they are added to, and the encoders learnt
     the items slowly (Amazon Beauty, retrieval head trained alone for 6 minutes, validation NDCG@10
-    0.0345 against 0.0752 with every table at 0.02; ad hoc, runs/ret_only.py)."""
+    0.0345 against 0.0752 with every table at 0.02; an ad-hoc script, not committed; README, The model)."""
     emb = nn.Embedding(n, d, padding_idx=padding_idx)
     nn.init.normal_(emb.weight, std=TOKEN_INIT_STD)
     if padding_idx is not None:
