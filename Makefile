@@ -12,7 +12,7 @@ ITEMS ?=
 USERS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install install-dev redis-server lint proto clean
+.PHONY: run test install install-dev redis-server lint proto clean gpu-check
 
 include make/proto.mk
 
@@ -53,6 +53,11 @@ endif
 
 test: $(VENV)/.installed-dev redis-server
 	$(PY) -m pytest -q
+
+# on a machine with a GPU and a CUDA build of torch: training on the GPU, and torchrun over NCCL
+gpu-check: $(VENV)/.installed-dev
+	$(PY) -c "import torch; assert torch.cuda.is_available(), 'torch sees no GPU: install a CUDA build of torch'"
+	$(PY) -m pytest -q tests/test_gpu.py tests/test_distributed.py
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check recsys training serving bench tests

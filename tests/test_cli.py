@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from tests.conftest import ROOT
 
@@ -57,6 +58,26 @@ def test_fit_with_an_unknown_config_key(tmp_path: Path, demo_log) -> None:
     )
     assert proc.returncode == 2
     assert "unknown key 'depth'" in one_error_line(proc)
+
+
+def test_fit_with_a_malformed_device(tmp_path: Path, demo_log) -> None:
+    proc = run(
+        "training", "fit", "--log", str(demo_log["clicks"]), "--out", str(tmp_path / "a"), "--set", "train.device=gpu"
+    )
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "train.device='gpu'" in line and "fix: cpu, cuda, cuda:N or auto" in line
+    assert not (tmp_path / "a").exists(), "fails before anything is written"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_fit_on_cuda_without_a_gpu(tmp_path: Path, demo_log) -> None:
+    proc = run(
+        "training", "fit", "--log", str(demo_log["clicks"]), "--out", str(tmp_path / "a"), "--set", "train.device=cuda"
+    )
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "train.device='cuda'" in line and "no CUDA device" in line and "fix: --set train.device=cpu" in line
 
 
 def test_serving_with_no_artifact(tmp_path: Path) -> None:

@@ -63,8 +63,9 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def init_distributed() -> None:
-    """Under torchrun (WORLD_SIZE > 1): join the process group (gloo; training runs on CPU) and split
-    the machine's cores between the local ranks, so they do not oversubscribe them."""
+    """Under torchrun (WORLD_SIZE > 1): join the process group and split the machine's cores between the
+    local ranks, so they do not oversubscribe them. CPU tensors go through gloo; where torch sees GPUs,
+    CUDA tensors (`train.device=cuda`: the gradients) through NCCL, each rank on GPU LOCAL_RANK."""
     import os
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -83,8 +84,13 @@ def init_distributed() -> None:
         store = dist.TCPStore(
             os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=rank == 0 and not agent_store
         )
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        backend = "gloo"
+        if torch.cuda.is_available() and local_rank < torch.cuda.device_count():
+            torch.cuda.set_device(local_rank)
+            backend = "cpu:gloo,cuda:nccl"  # the budget flags stay CPU tensors, the gradients go over NCCL
         dist.init_process_group(
-            "gloo", store=dist.PrefixStore(f"recsys/round{restart}", store), rank=rank, world_size=world
+            backend, store=dist.PrefixStore(f"recsys/round{restart}", store), rank=rank, world_size=world
         )
     local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))

@@ -119,15 +119,15 @@ class EncodedLog:
         u = np.searchsorted(self.stop, rows, side="right")
         return Examples(u, rows, self.items[rows], np.ones(len(rows), np.float32), self.times[rows])
 
-    def batch(self, ex: Examples) -> dict[str, torch.Tensor]:
-        """Model inputs for examples: the History fields plus target and label."""
+    def batch(self, ex: Examples, device: torch.device | None = None) -> dict[str, torch.Tensor]:
+        """Model inputs for examples: the History fields plus target and label (on `device`, if given)."""
         hist = self.featurizer.window(
             self.items, self.times, self.events, self.start[ex.user], ex.end, ex.time, self.user_features[ex.user]
         )
         out = dict(zip(History._fields, hist, strict=True))
         out["target"] = torch.from_numpy(ex.target.astype(np.int64))
         out["label"] = torch.from_numpy(ex.label.astype(np.float32))
-        return trim(out)
+        return to_device(trim(out), device)
 
     def seed_frame(self, max_history: int) -> pd.DataFrame:
         """Each user's newest `max_history` positives (raw ids) and profile, for the artifact."""
@@ -147,6 +147,18 @@ class EncodedLog:
                 }
             )
         return pd.DataFrame(rows)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device | None) -> dict[str, torch.Tensor]:
+    """The batch on `device` (None or the CPU: unchanged; the data layer builds batches on the CPU)."""
+    if device is None or device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's parameters are (`train.device` during `fit`, the CPU after it)."""
+    return next(model.parameters()).device
 
 
 def trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -301,12 +313,12 @@ def mine_hard_negatives(
     draws = []
     for lo in range(0, len(pos), batch_size):
         part = pos.subset(np.arange(lo, min(len(pos), lo + batch_size)))
-        batch = data.batch(part)
+        batch = data.batch(part, model_device(model))
         scores = model.encode_user(History(*(batch[f] for f in History._fields))) @ vectors.T  # (B, N)
         scores[:, :FIRST_ITEM] = float("-inf")
         scores.scatter_(1, batch["items"], float("-inf"))  # the (windowed) history
         scores.scatter_(1, batch["target"].unsqueeze(1), float("-inf"))
-        top = scores.topk(pool, dim=1).indices.numpy()  # (B, pool)
+        top = scores.topk(pool, dim=1).indices.cpu().numpy()  # (B, pool)
         cols = rng.integers(0, pool, size=(len(part), n))
         draws.append(np.take_along_axis(top, cols, axis=1))
     model.train(was_training)

@@ -21,7 +21,7 @@ from recsys.features import Event, UserState
 from recsys.index import FIRST_ITEM
 from recsys.model import BST, History
 from recsys.recommender import Recommender
-from training.dataset import EncodedLog, Examples
+from training.dataset import EncodedLog, Examples, model_device
 
 K = 10
 
@@ -51,14 +51,15 @@ def full_ranking_ranks(scores: torch.Tensor, targets: np.ndarray, seen: list[np.
     scores[:, :FIRST_ITEM] = float("-inf")
     rows = np.concatenate([np.full(len(s), b) for b, s in enumerate(seen)]) if seen else np.zeros(0, int)
     cols = np.concatenate(seen) if seen else np.zeros(0, int)
+    dev = scores.device
     if len(rows):
-        scores[torch.from_numpy(rows), torch.from_numpy(cols.astype(np.int64))] = float("-inf")
-    t = torch.from_numpy(targets.astype(np.int64))
+        scores[torch.from_numpy(rows).to(dev), torch.from_numpy(cols.astype(np.int64)).to(dev)] = float("-inf")
+    t = torch.from_numpy(targets.astype(np.int64)).to(dev)
     target_score = scores.gather(1, t.unsqueeze(1))  # (B, 1)
-    ranks = (scores >= target_score).sum(1).numpy() - 1
+    ranks = (scores >= target_score).sum(1).cpu().numpy() - 1
     # a held-out item the user had already clicked cannot be recommended when seen items are
     # excluded (as served): it counts as a miss, for every model alike
-    return np.where(torch.isneginf(target_score[:, 0]).numpy(), scores.shape[1], ranks)
+    return np.where(torch.isneginf(target_score[:, 0]).cpu().numpy(), scores.shape[1], ranks)
 
 
 def batched(n: int, size: int) -> list[slice]:
@@ -72,8 +73,8 @@ def user_vectors(model: BST, data: EncodedLog, ex: Examples, limit: int = 1000) 
     part = ex.subset(np.arange(min(limit, len(ex))))
     if len(part) == 0:
         return np.zeros((0, model.cfg.d_model), np.float32)
-    batch = data.batch(part)
-    return model.encode_user(History(*(batch[f] for f in History._fields))).float().numpy()  # (n, d)
+    batch = data.batch(part, model_device(model))
+    return model.encode_user(History(*(batch[f] for f in History._fields))).float().cpu().numpy()  # (n, d)
 
 
 @torch.inference_mode()
@@ -84,7 +85,7 @@ def retrieval_ranks(model: BST, data: EncodedLog, ex: Examples, batch_size: int 
     out = []
     for sl in batched(len(ex), batch_size):
         part = ex.subset(np.arange(sl.start, sl.stop))
-        batch = data.batch(part)
+        batch = data.batch(part, model_device(model))
         hist = History(*(batch[f] for f in History._fields))
         scores = model.encode_user(hist) @ vectors.T  # (B, N)
         out.append(full_ranking_ranks(scores, part.target, seen_items(data, part)))
@@ -107,8 +108,8 @@ def ctr_logits(model: BST, data: EncodedLog, ex: Examples, batch_size: int = 102
     model.eval()
     out = []
     for sl in batched(len(ex), batch_size):
-        logits, _ = model(data.batch(ex.subset(np.arange(sl.start, sl.stop))))
-        out.append(logits.numpy())
+        logits, _ = model(data.batch(ex.subset(np.arange(sl.start, sl.stop)), model_device(model)))
+        out.append(logits.cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from training.dataset import (
     mine_hard_negatives,
     next_item_windows,
     sample_negatives,
+    to_device,
 )
 from training.evaluate import ctr_logits, ctr_metrics, rank_metrics, retrieval_ranks
 
@@ -68,6 +70,8 @@ class TrainConfig:
     serve_depths: tuple[int, ...] = (10, 20, 50, 100, 200)  # retrieval depths served on validation after
     # training; the best (served NDCG@10, or select_metric when it is hr@10) becomes the artifact's default
     # depth (`training.evaluate.choose_depth`); () keeps the recommender's default, 200
+    device: str = "cpu"  # where `fit` trains: cpu, cuda (under torchrun each rank takes cuda:LOCAL_RANK),
+    # cuda:N, or auto (cuda when torch sees a GPU). The model comes back on the CPU for export and serving.
 
     def __post_init__(self) -> None:
         bad = [d for d in self.serve_depths if not 10 <= d <= MAX_RETRIEVAL_DEPTH]
@@ -76,6 +80,30 @@ class TrainConfig:
                 f"train.serve_depths={list(self.serve_depths)}: {bad[0]} is out of range; fix: depths between 10 "
                 f"(the served top 10) and {MAX_RETRIEVAL_DEPTH}, e.g. [10,20,50,100,200], or [] to keep the default"
             )
+        train_device(self.device)  # a bad or absent device fails here, before any data is read
+
+
+def train_device(name: str) -> torch.device:
+    """The device `train.device` names on this machine; InvalidArgument when it is malformed or absent."""
+    if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", name):
+        raise InvalidArgument(f"train.device={name!r} is not a device; fix: cpu, cuda, cuda:N or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise InvalidArgument(
+            f"train.device={name!r}: torch sees no CUDA device (torch {torch.__version__}, CUDA build "
+            f"{torch.version.cuda}); fix: --set train.device=cpu, or a CUDA build of torch on a machine with a GPU"
+        )
+    # torchrun: one GPU per local rank; cuda:N names one GPU for a single process
+    index = int(name.split(":")[1]) if ":" in name else int(os.environ.get("LOCAL_RANK", "0"))
+    if index >= torch.cuda.device_count():
+        raise InvalidArgument(
+            f"train.device={name!r}: GPU {index} does not exist ({torch.cuda.device_count()} visible); "
+            f"fix: cuda:0 to cuda:{torch.cuda.device_count() - 1}, or one torchrun process per GPU"
+        )
+    return torch.device("cuda", index)
 
 
 @dataclass
@@ -249,11 +277,13 @@ def fit(
     if world > 1 and cfg.batch_size % world:
         raise ValueError(f"train.batch_size={cfg.batch_size} must be divisible by the world size {world}")
     step_batch = cfg.batch_size // world
+    device = train_device(cfg.device)
+    model.to(device)
     trained: nn.Module = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        trained = DistributedDataParallel(model)
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -279,7 +309,7 @@ def fit(
     start_epoch, best, best_epoch, bad = 0, -math.inf, -1, 0
     history: list[dict[str, Any]] = []
     if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=True)
+        ckpt = torch.load(ckpt_path, weights_only=True, map_location=device)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -326,7 +356,7 @@ def fit(
             ),
         )
         for step, batch in enumerate(bar):
-            _, loss = trained(batch)
+            _, loss = trained(to_device(batch, device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
@@ -401,7 +431,8 @@ def fit(
     seconds = time.monotonic() - t0
     if world > 1:
         torch.distributed.barrier()  # rank 0 has written best.pt
-    best_state = torch.load(best_path, weights_only=True)
+    best_state = torch.load(best_path, weights_only=True, map_location="cpu")
+    model.cpu()  # export, the served evaluation and the benchmarks run on the CPU, as the server does
     model.load_state_dict(best_state["model"])
     if rank == 0:
         plot_curve(history, run_dir / "learning_curve.png", cfg.select_metric)
