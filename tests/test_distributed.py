@@ -19,6 +19,17 @@ from tests.conftest import ROOT, TINY_TRAIN
 TOLERANCE = 0.03  # absolute, on validation NDCG@10 and AUC (the demo log: about 0.17 and 0.87)
 
 
+def torchrun_fit(
+    demo_log: dict[str, Path], out: Path, run_dir: Path, torchrun_args: list[str], overrides: list[str]
+) -> list[str]:
+    """`training fit` of the demo log in 2 processes under torchrun, as a command line."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *torchrun_args]
+    cmd += ["-m", "--"]  # else torchrun's own parser reads --log as an abbreviation of its --log-dir
+    cmd += ["training", "fit", "--log", str(demo_log["clicks"]), "--items", str(demo_log["items"])]
+    cmd += ["--users", str(demo_log["users"]), "--out", str(out), "--run-dir", str(run_dir)]
+    return cmd + [arg for kv in overrides for arg in ("--set", kv)]
+
+
 def _workers(pid: int) -> list[int]:
     """Every descendant process of `pid` (torchrun's agent starts its workers as children)."""
     out: list[int] = []
@@ -68,12 +79,8 @@ def test_two_processes_match_one_even_when_a_rank_dies_and_the_job_resumes(
     # rank 1 is SIGKILLed as soon as epoch 1's checkpoint exists; torchrun (--max-restarts 1) stops rank 0 and
     # starts both again, `fit --resume` continues at epoch 2, and the result still matches one process
     out, run_dir = tmp_path / "artifacts", tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["--max-restarts", "1", "--monitor-interval", "0.5"]
-    cmd += ["-m", "--"]  # else torchrun's own parser reads --log as an abbreviation of its --log-dir
-    cmd += ["training", "fit", "--log", str(demo_log["clicks"]), "--items", str(demo_log["items"])]
-    cmd += ["--users", str(demo_log["users"]), "--out", str(out), "--run-dir", str(run_dir), "--resume"]
-    cmd += [arg for kv in TINY_TRAIN for arg in ("--set", kv)]
+    cmd = torchrun_fit(demo_log, out, run_dir, ["--max-restarts", "1", "--monitor-interval", "0.5"], TINY_TRAIN)
+    cmd.append("--resume")
     killed, status, output = _fit_killing_rank_1(cmd, run_dir)
     assert killed is not None, "rank 1 was not found while training"
     assert status == 0, output[-3000:]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,8 @@ import torch
 
 from recsys.data import load_log
 from tests.conftest import ROOT, TINY_TRAIN
+from tests.test_distributed import TOLERANCE, torchrun_fit  # the same bound as two CPU processes
 from training.pipeline import train_and_export
-
-TOLERANCE = 0.03  # absolute, on validation NDCG@10 and AUC, as for two CPU processes (test_distributed)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA GPU on this machine")
 
@@ -39,10 +37,7 @@ def test_fit_on_a_gpu_matches_the_cpu(trained, demo_log: dict[str, Path], tmp_pa
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="two ranks need two GPUs (NCCL takes one GPU per rank)")
 def test_two_ranks_on_two_gpus_match_one_cpu_process(trained, demo_log: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "artifacts"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "--"]
-    cmd += ["training", "fit", "--log", str(demo_log["clicks"]), "--items", str(demo_log["items"])]
-    cmd += ["--users", str(demo_log["users"]), "--out", str(out), "--run-dir", str(tmp_path / "run")]
-    cmd += [arg for kv in [*TINY_TRAIN, "train.device=cuda"] for arg in ("--set", kv)]
+    cmd = torchrun_fit(demo_log, out, tmp_path / "run", [], [*TINY_TRAIN, "train.device=cuda"])
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
