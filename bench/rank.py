@@ -1,8 +1,9 @@
 """Ranking alone: the reference `BST.score` against the fast single-pass scorer (fp32, bf16, int8).
 
-    python -m bench.rank [--candidates 100,500,2000] [--threads 1] [--repeats 50] [--json OUT]
+    python -m bench.rank [--candidates 100,500,2000] [--threads 1] [--repeats 50] [--set model.K=V] [--json OUT]
 
-The model has the paper's shape (1 block, d=64, 8 heads, 20 behaviors, MLP 1024-512-256) over a
+The model has the default configuration, the paper's shape (1 block, d=64, 8 heads, 20 behaviors, MLP
+1024-512-256) unless `--set` overrides a field (e.g. `--set 'model.mlp_dims=[256,128]'`), over a
 100k-item catalog with random weights: speed does not depend on training. One request = one user's
 history and C candidates. Reported: p50/p99 latency per request, speed-up against the reference
 measured in the same run, achieved GFLOP/s of the fast path (its matmul FLOPs counted analytically),
@@ -20,7 +21,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from recsys.fast import FastScorer, keep_freed_memory
+from recsys.config import apply_overrides, check_prefixes
+from recsys.errors import InvalidArgument
+from recsys.fast import FastScorer, check_supported, keep_freed_memory
 from recsys.model import BST, History, ModelConfig
 
 
@@ -62,11 +65,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--json")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="model.KEY=VALUE", help="model config override (repeatable)"
+    )
     args = parser.parse_args(argv)
+    try:
+        check_prefixes(args.set, ["model"])
+        cfg = apply_overrides(
+            ModelConfig(n_items=100_002, side_sizes=(1002,), side_widths=(1,), user_sizes=(10, 5)), args.set, "model"
+        )
+        check_supported(BST(cfg))
+    except InvalidArgument as e:
+        parser.error(str(e))
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as the server does
     torch.manual_seed(0)
-    cfg = ModelConfig(n_items=100_002, side_sizes=(1002,), side_widths=(1,), user_sizes=(10, 5))
     model = BST(cfg).eval()
     gen = torch.Generator().manual_seed(0)
     T = cfg.retrieval_len
@@ -138,7 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                {"threads": args.threads, "peak_gflops": {"fp32": peak32, "bf16": peak16}, "rows": rows}, f, indent=1
+                {
+                    "threads": args.threads,
+                    "mlp_dims": list(cfg.mlp_dims),
+                    "model_overrides": args.set,
+                    "peak_gflops": {"fp32": peak32, "bf16": peak16},
+                    "rows": rows,
+                },
+                f,
+                indent=1,
             )
     return 0
 

@@ -52,6 +52,8 @@ import numpy as np
 
 from proto.recsys.v1 import recommender_pb2 as pb
 from proto.recsys.v1 import recommender_pb2_grpc as pb_grpc
+from recsys.config import check_prefixes
+from recsys.errors import InvalidArgument
 
 log = logging.getLogger("bench.serve")
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,8 +85,11 @@ def free_port() -> int:
 # ------------------------------------------------------------------------------------ setup
 
 
-def build_artifact(work: Path, items: int, users: int, events: float, seed: int) -> tuple[Path, Path, list[str]]:
-    """A synthetic log (written as Parquet) and an artifact over its catalogue; returns (artifact, log, users)."""
+def build_artifact(
+    work: Path, items: int, users: int, events: float, seed: int, overrides: list[str]
+) -> tuple[Path, Path, list[str]]:
+    """A synthetic log (written as Parquet) and an artifact over its catalogue, the model configured by the
+    defaults plus `overrides` (`model.mlp_dims=[256,128]`); returns (artifact, log, users)."""
     import torch
 
     from recsys import artifact
@@ -103,7 +108,7 @@ def build_artifact(work: Path, items: int, users: int, events: float, seed: int)
     )
     paths = synth.write(cfg, work / "log")
     clog = load_log(paths["clicks"], paths["items"], paths["users"])
-    model_cfg, _ = configs([])
+    model_cfg, _ = configs(overrides)
     torch.manual_seed(seed)
     model, feats = build_model(clog, model_cfg)
     data = EncodedLog.build(clog, feats)
@@ -396,7 +401,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", type=Path, default=Path("bench_serve.png"), help="latency plot (PNG)")
     p.add_argument("--json", type=Path, help="write the results as JSON")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="model.KEY=VALUE",
+        help="model config override for the served artifact (repeatable), e.g. 'model.mlp_dims=[256,128]'",
+    )
     args = p.parse_args(argv)
+    try:
+        check_prefixes(args.set, ["model"])
+    except InvalidArgument as e:
+        p.error(str(e))
     if args.repeat < 1:
         p.error(f"--repeat must be >= 1, got {args.repeat}")
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -406,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONPATH", str(ROOT))
 
     t0 = time.monotonic()
-    art, clicks, users = build_artifact(work, args.items, args.users, args.events, args.seed)
+    art, clicks, users = build_artifact(work, args.items, args.users, args.events, args.seed, args.set)
     log.info("artifact %s in %.0f s", art, time.monotonic() - t0)
     manifest = json.loads((art / "manifest.json").read_text())
     with redis_server(work) as url:
@@ -427,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nbench.serve: {manifest['catalog_size']:,} items ({manifest['index']['kind']}), {len(users):,} users in "
         f"Redis, {args.candidates} candidates ranked per request, top 10 returned; {os.cpu_count()} cores; "
-        f"each drawn user asked {args.repeat}x; untrained weights (speed only)\n"
+        f"each drawn user asked {args.repeat}x; untrained weights (speed only); "
+        f"MLP {manifest['model_config']['mlp_dims']}\n"
     )
     print(table(f"default server: fast scorer, user-state cache, model thread (server flags: {fast_flags})", fast))
     print()
@@ -444,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
             "speedup_p50": b1["p50_ms"] / c1["p50_ms"],
             "server_args": args.server_args,
             "repeat": args.repeat,
+            "model_overrides": args.set,
+            "mlp_dims": manifest["model_config"]["mlp_dims"],
         }
         args.json.write_text(json.dumps(summary, indent=1))
     if args.work_dir is None:

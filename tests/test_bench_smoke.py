@@ -26,11 +26,12 @@ def test_bench_serve_runs_against_real_redis_and_servers(tmp_path: Path) -> None
         "bench.serve",
         *("--items", "400", "--users", "60", "--events", "12", "--candidates", "50", "--levels", "1,4"),
         *("--requests", "40", "--rate", "50", "--baseline-requests", "20", "--repeat", "2"),
-        *("--plot", str(tmp_path / "serve.png"), "--json", str(out)),
+        *("--plot", str(tmp_path / "serve.png"), "--json", str(out), "--set", "model.mlp_dims=[64,32]"),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["candidates"] == 50 and result["catalog"] == 400
+    assert result["mlp_dims"] == [64, 32] and "MLP [64, 32]" in done.stdout  # the served artifact took --set
     assert [lv["concurrency"] for lv in result["levels"]] == [1, 4, None]  # the last is the fixed-rate level
     for level in [*result["levels"], result["baseline"]]:
         assert level["errors"] == 0, level
@@ -68,9 +69,13 @@ def test_bench_train_compares_one_and_two_processes_and_the_shuffles(tmp_path: P
 
 def test_bench_rank_compares_reference_fp32_bf16_and_int8(tmp_path: Path) -> None:
     out = tmp_path / "rank.json"
-    done = _run("bench.rank", "--candidates", "20", "--repeats", "3", "--json", str(out))
+    done = _run(
+        "bench.rank", "--candidates", "20", "--repeats", "3", "--json", str(out), "--set", "model.mlp_dims=[64]"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    (row,) = json.loads(out.read_text())["rows"]
+    report = json.loads(out.read_text())
+    assert report["mlp_dims"] == [64] and "MLP (64,)" in done.stdout
+    (row,) = report["rows"]
     for kind in ("reference", "fast_fp32", "fast_bf16", "fast_int8"):
         assert 0 < row[f"{kind}_p50_ms"] <= row[f"{kind}_p99_ms"]
     assert 0 <= row["bf16_max_prob_gap"] < 0.05 and 0 <= row["int8_max_prob_gap"] < 0.05
@@ -137,6 +142,9 @@ def test_bench_memory_generator_writes_a_time_ordered_log(tmp_path: Path, monkey
         ),
         ("bench.quality", ("--dataset", "synthetic", "--resume"), "--resume needs --json, the file of the run"),
         ("bench.serve", ("--repeat", "0"), "--repeat must be >= 1, got 0"),
+        ("bench.serve", ("--set", "train.epochs=2"), "unknown section 'train'; fix: start with one of ['model']"),
+        ("bench.rank", ("--set", "model.pooling=flatten"), "model.pooling='flatten': every behavior output depends"),
+        ("bench.rank", ("--set", "model.mlp_dims=256"), "model.mlp_dims: expected a list, got 256"),
     ],
 )
 def test_bench_bad_options_exit_2_with_the_fix(module: str, args: tuple[str, ...], expected: str) -> None:
