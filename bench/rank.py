@@ -23,7 +23,7 @@ import torch
 
 from recsys.config import apply_overrides, check_prefixes
 from recsys.errors import InvalidArgument
-from recsys.fast import FastScorer, check_supported, keep_freed_memory
+from recsys.fast import FastScorer, candidate_flops, check_supported, keep_freed_memory
 from recsys.model import BST, History, ModelConfig
 
 
@@ -50,13 +50,8 @@ def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 20, budget_s: 
 
 
 def fast_flops(cfg: ModelConfig, L: int, C: int) -> float:
-    """Multiply-add FLOPs of the fast path for one request (matmuls only)."""
-    d, h1 = cfg.d_model, cfg.mlp_dims[0]
-    history = L * 3 * d * d  # the behaviors' q/k/v (once per request)
-    per_cand = 3 * d * d + 2 * (L + 1) * d + d * d + 2 * cfg.ffn_mult * d * d  # qkv, attention, proj, ffn
-    dims = [*cfg.mlp_dims, 1]
-    per_cand += (2 * d + 1) * h1 + sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
-    return 2.0 * (history + C * per_cand)
+    """Matmul FLOPs of the fast path for one request: the behaviors' q/k/v once, then C candidates."""
+    return 2.0 * cfg.n_blocks * L * 3 * cfg.d_model**2 + C * candidate_flops(cfg, L)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys.errors import InvalidArgument
-from recsys.model import BST, Block, History, key_mask
+from recsys.model import BST, Block, History, ModelConfig, key_mask
 
 
 class UnsupportedConfig(InvalidArgument):
@@ -70,6 +70,17 @@ def check_supported(model: BST) -> None:
             "so later blocks differ per candidate; fix: train with model.history_sees_target=false or serve "
             "with the reference scorer"
         )
+
+
+def candidate_flops(cfg: ModelConfig, history: int | None = None) -> float:
+    """Matmul FLOPs of the fast path for one candidate (2 x multiply-adds): the candidate token's q/k/v,
+    its attention over `history` behaviors (default `cfg.max_len`) and itself, the output projection and
+    feed-forward per block, and the MLP from its first layer's candidate part to the output unit."""
+    d, L = cfg.d_model, cfg.max_len if history is None else history
+    block = 3 * d * d + 2 * (L + 1) * d + d * d + 2 * cfg.ffn_mult * d * d  # qkv, attention, proj, ffn
+    dims = [*cfg.mlp_dims, 1]
+    mlp = (2 * d + int(cfg.retrieval_feature)) * dims[0] + sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
+    return 2.0 * (cfg.n_blocks * block + mlp)
 
 
 def keep_freed_memory() -> bool:

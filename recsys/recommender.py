@@ -21,7 +21,7 @@ from torch import Tensor
 
 from recsys import artifact as artifact_format
 from recsys.errors import InvalidArgument, NotFound
-from recsys.fast import FastScorer, StateCache, UnsupportedConfig, prepare_cached
+from recsys.fast import FastScorer, StateCache, UnsupportedConfig, candidate_flops, prepare_cached
 from recsys.fast import UserState as RankState
 from recsys.features import Event, UserState
 from recsys.index import FIRST_ITEM, Retriever
@@ -271,6 +271,12 @@ class Recommender:
             idx[unknown_at] = [base + fresh.position[item_ids[int(j)]] for j in unknown_at]
             logits = self._score_fresh(idx[None, :], fresh, state)  # (1, C)
         return [float(x) for x in torch.sigmoid(logits[0])]
+
+    def ranking_flops(self, n_requests: int, depth: int | None = None) -> float:
+        """Matmul FLOPs of ranking `n_requests` requests at `depth` candidates each (None = the default
+        depth) on the fast path (`recsys.fast.candidate_flops`): what decides whether a call is worth
+        splitting over several intra-op threads (serving.batching)."""
+        return n_requests * (depth or self.retrieval_depth) * candidate_flops(self.model.cfg)
 
     def score(self, hist: History, candidates: torch.Tensor, user: torch.Tensor | None = None) -> torch.Tensor:
         """Ranker logits (B, C): the fast single-pass scorer, or the reference for unsupported configs."""

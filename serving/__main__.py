@@ -46,6 +46,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"Recommend calls batched on the model thread, 0 = no model thread (default {d.batch_max})",
     )
     p.add_argument("--batch-wait-ms", type=float, help=f"longest wait to gather a batch (default {d.batch_wait_ms})")
+    p.add_argument(
+        "--parallel-min-mflop",
+        type=float,
+        help=f"model calls ranking fewer MFLOP run on 1 thread, 0 = never (default {d.parallel_min_mflop})",
+    )
     p.add_argument("--max-history", type=int, help=f"events kept per user (default {d.max_history})")
     p.add_argument("--max-message-bytes", type=int, help=f"default {d.max_message_bytes}")
     p.add_argument("--grace", dest="grace_s", type=float, help=f"seconds to drain on SIGTERM (default {d.grace_s})")

@@ -6,6 +6,11 @@ threads), and concurrent Recommend calls with the same parameters become one `re
 larger matmuls run faster per candidate than many small ones. Worker threads keep the I/O (feature
 store reads, waiting here).
 
+Threads per call (`parallel_min_flops`; the server's `parallel_min_mflop`): a call whose ranking is under it
+(`Recommender.ranking_flops`: say one request with a narrow MLP) runs on one thread, where a second
+would mostly wait at fork-join barriers while the event loop, the gRPC threads and other processes
+want the core; larger calls (batches, wide MLPs) run on all `threads` (README, Speed: measured).
+
 Gathering: the thread takes the oldest waiting call, then every call already waiting (up to
 `max_batch`). It waits for more, at most `max_wait_s`, only while other calls are on their way (a
 worker has announced one with `arriving()` and is still reading its user): a lone request at
@@ -27,6 +32,8 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+import torch
 
 from recsys.features import UserState
 from recsys.recommender import Filters, FreshItems, Recommendation, Recommender
@@ -74,11 +81,25 @@ class _Call:
 class ModelThread:
     """`recommend(...)` and `call(fn)` block the calling worker until the model thread has run them."""
 
-    def __init__(self, metrics: Metrics, max_batch: int = 16, max_wait_s: float = 0.001) -> None:
-        if max_batch < 1 or max_wait_s < 0:
-            raise ValueError(f"max_batch={max_batch} must be >= 1 and max_wait_s={max_wait_s} >= 0")
+    def __init__(
+        self,
+        metrics: Metrics,
+        max_batch: int = 16,
+        max_wait_s: float = 0.001,
+        threads: int | None = None,
+        parallel_min_flops: float = 0.0,
+    ) -> None:
+        """`threads`: torch's intra-op threads for a large call (None: as the process has them when the
+        thread starts); `parallel_min_flops`: calls ranking fewer FLOPs run on one thread (0 = never)."""
+        if max_batch < 1 or max_wait_s < 0 or parallel_min_flops < 0:
+            raise ValueError(
+                f"max_batch={max_batch} must be >= 1, max_wait_s={max_wait_s} >= 0 and "
+                f"parallel_min_flops={parallel_min_flops} >= 0"
+            )
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.threads = threads or torch.get_num_threads()
+        self.parallel_min_flops = parallel_min_flops
         self._metrics = metrics
         self._calls: deque[_Call] = deque()
         self._arriving = 0  # calls announced by workers and not yet submitted
@@ -173,9 +194,19 @@ class ModelThread:
                 ms = 1e3 * (time.perf_counter() - start)
                 log.debug("ran %d calls in %d groups in %.1f ms", len(calls), len(groups), ms)
 
+    def threads_for(self, key: Hashable, n_calls: int) -> int:
+        """Intra-op threads for a group: one for a Recommend group whose ranking is under
+        `parallel_min_flops`, else `threads` (Rank and other calls: always `threads`)."""
+        if isinstance(key, Key) and key.model.ranking_flops(n_calls, key.depth) < self.parallel_min_flops:
+            return 1
+        return self.threads
+
     def _run(self, group: list[_Call]) -> None:
         first = group[0]
         self._metrics.batch_size.observe(len(group))
+        threads = self.threads_for(first.key, len(group))
+        if threads != torch.get_num_threads():  # process-wide, and only this thread runs the model
+            torch.set_num_threads(threads)
         start = time.perf_counter()
         try:
             if first.run is None:

@@ -59,6 +59,12 @@ class ServerConfig:
     # Recommend calls with the same parameters become one batch (serving.batching). 0 = no model
     # thread: each worker computes its own request (the naive baseline of bench/serve.py).
     batch_max: int = 16
+    # A model call whose ranking is under this many MFLOP (Recommender.ranking_flops: requests x depth x
+    # the fast path's FLOPs a candidate) runs on one intra-op thread, larger ones on torch_threads. One
+    # request with a 256-128 MLP at depth 500 is about 118 MFLOP (faster on one thread, measured), two
+    # such requests or one with the paper's MLP about 236 and 840 (faster on two). 0 = every call on
+    # torch_threads. README, Speed: the A/B runs that chose 200.
+    parallel_min_mflop: float = 200.0
     # The model thread waits at most this long for requests still reading their user to join a batch;
     # a lone request (nothing else arriving) never waits.
     batch_wait_ms: float = 1.0
@@ -107,6 +113,7 @@ class ServerConfig:
             ("torch_threads", self.torch_threads >= 0, "use >= 1, or 0 for auto"),
             ("batch_max", self.batch_max >= 0, "use >= 1, or 0 to compute on the workers without batching"),
             ("batch_wait_ms", 0 <= self.batch_wait_ms <= 100, "use 0..100 milliseconds"),
+            ("parallel_min_mflop", self.parallel_min_mflop >= 0, "use >= 0 (0 = every call on torch_threads)"),
             ("metrics_port", 0 <= self.metrics_port <= 65535, "use 1..65535, or 0 to disable metrics"),
             ("cache_size", self.cache_size >= 0, "use >= 0 (0 disables the cache)"),
             ("cache_ttl", self.cache_ttl >= 0, "use >= 0 seconds"),

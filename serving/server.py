@@ -261,7 +261,11 @@ async def build_server(config: ServerConfig) -> App:
             logger.info("seeded memory:// store with %d users from the artifact's training log", users)
         metrics = Metrics()
         cache = UserStateCache(config.cache_size, config.cache_ttl)
-        model_thread = ModelThread(metrics, config.batch_max, config.batch_wait_ms / 1e3) if config.batch_max else None
+        model_thread = (
+            ModelThread(metrics, config.batch_max, config.batch_wait_ms / 1e3, threads, config.parallel_min_mflop * 1e6)
+            if config.batch_max
+            else None
+        )
         service = RecommendationService(recommender, store, cache=cache, metrics=metrics, model_thread=model_thread)
         reloader = ModelReloader(service, config.artifact, executor, metrics, options)
         guard = GuardInterceptor(

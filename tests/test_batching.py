@@ -134,3 +134,39 @@ def test_closed_thread_refuses_new_calls(loaded) -> None:
     thread.close()
     with pytest.raises(RuntimeError, match="closed"):
         thread.call("Rank", lambda: 1)
+
+
+def test_small_calls_run_on_one_thread_large_ones_on_all(loaded) -> None:
+    import torch
+
+    from recsys.recommender import NO_FILTERS
+    from serving.batching import Key
+
+    rec, store, users = loaded
+    one = rec.ranking_flops(1)  # one request at the default depth
+    assert one == rec.ranking_flops(1, rec.retrieval_depth) > 0 and rec.ranking_flops(3, 40) == 3 * 40 * one / (
+        rec.retrieval_depth
+    )
+
+    def key(depth: int | None) -> Key:
+        return Key(rec, 10, True, depth, None, (), frozenset(), 0, NO_FILTERS, None)
+
+    thread = ModelThread(Metrics(), threads=2, parallel_min_flops=1.5 * one)
+    try:
+        assert thread.threads_for(key(None), 1) == 1  # under the threshold: one thread
+        assert thread.threads_for(key(None), 2) == 2  # a batch of two is over it
+        assert thread.threads_for(key(2 * rec.retrieval_depth), 1) == 2  # so is one request at twice the depth
+        assert thread.threads_for(object(), 1) == 2  # Rank and other calls: always all
+        service = RecommendationService(rec, store, clock=lambda: NOW, model_thread=thread)
+        plain = RecommendationService(rec, store, clock=lambda: NOW)
+        assert service.recommend(users[0], 10) == plain.recommend(users[0], 10)  # ran on one thread
+        assert thread.call("Rank", torch.get_num_threads) == 2  # the next call is back on all of them
+    finally:
+        thread.close()
+    never = ModelThread(Metrics(), threads=2)  # parallel_min_flops=0: every call on all threads
+    try:
+        assert never.threads_for(key(None), 1) == 2
+    finally:
+        never.close()
+    with pytest.raises(ValueError, match="parallel_min_flops=-1"):
+        ModelThread(Metrics(), parallel_min_flops=-1)
