@@ -205,7 +205,7 @@ class ModelThread:
         first = group[0]
         self._metrics.batch_size.observe(len(group))
         threads = self.threads_for(first.key, len(group))
-        if threads != torch.get_num_threads():  # process-wide, and only this thread runs the model
+        if threads != torch.get_num_threads():  # only this thread runs the model (reload warm-ups aside)
             torch.set_num_threads(threads)
         start = time.perf_counter()
         try:
