@@ -166,17 +166,26 @@ class FastScorer:
         return UserState(tuple(keys), tuple(values), valid, request, user if self.cfg.retrieval_feature else None)
 
     @torch.inference_mode()
-    def score_prepared(self, state: UserState, candidates: Tensor, item: Tensor | None = None) -> Tensor:
-        """`item`: the candidates' embeddings (B, C, d) when given (items added after training, see
-        `ItemEmbedding.embed`); else looked up from `candidates`."""
+    def score_prepared(
+        self, state: UserState, candidates: Tensor, item: Tensor | None = None, vector: Tensor | None = None
+    ) -> Tensor:
+        """`item`: the candidates' ranker embeddings (B, C, d) when given (items added after training, see
+        `ItemEmbedding.embed`), else looked up from `candidates`; `vector`: likewise their retrieval
+        vectors, needed beside `item` only when the ranker has its own item tables (`ranker_items="own"`)."""
         m = self.model
-        item = m.items(candidates) if item is None else item.to(self.bias.dtype)  # (B, C, d)
+        if m.ranker_embedding is not None and (item is None) != (vector is None):
+            raise ValueError("a ranker with its own item tables needs both `item` and `vector`, or neither")
+        item = m.ranker_items(candidates) if item is None else item.to(self.bias.dtype)  # (B, C, d)
         t = item + m.position.weight[1]  # (B, C, d) the candidate token
         for block, k_h, v_h in zip(self.blocks, state.keys, state.values, strict=True):
             t = block.finish(t, self._attend(block, t, k_h, v_h, state.valid))
         parts = [t, item]
         if state.user is not None:  # the retrieval score, one more input of the first layer
-            parts.append((item * state.user.unsqueeze(1)).sum(-1, keepdim=True))  # (B, C, 1)
+            if m.ranker_embedding is None:
+                vector = item
+            else:  # the score is in the retrieval space, not the ranker's
+                vector = m.items(candidates) if vector is None else vector.to(self.bias.dtype)  # (B, C, d)
+            parts.append((vector * state.user.unsqueeze(1)).sum(-1, keepdim=True))  # (B, C, 1)
         x = torch.cat(parts, dim=-1)  # (B, C, 2d + r)
         B, C = candidates.shape
         if B == 1:  # one request: the per-request part is the matmul's bias

@@ -12,7 +12,9 @@ and the context features are made by the data layer (`recsys.batch`).
 
 Deviations from the paper, each deliberate:
 - Item id and side-feature embeddings are *summed* into one d-wide vector (the paper concatenates), so
-  the ranker and the retrieval head share one item space that FAISS can index.
+  every item is one point in a space FAISS can index. By default the ranker and the retrieval head
+  share those tables; `ranker_items="own"` gives the ranker tables of its own, so the CTR loss never
+  moves the space retrieval searches.
 - The position embedding (bucketised time gap) is added to the token, as in the Transformer.
 - The MLP reads the target position's output (`pooling="target"`) by default rather than all positions
   flattened: with one block this is exactly what makes the single-pass candidate scorer exact (each
@@ -55,13 +57,18 @@ class ModelConfig:
     history_sees_target: bool = True  # behaviors attend to the target (the paper); False isolates candidates,
     # which makes single-pass candidate scoring (recsys.fast) exact for any number of blocks
     retrieval_feature: bool = True  # the MLP also reads the retrieval head's user . item score (detached)
+    ranker_items: Literal["shared", "own"] = "shared"  # "own": the ranker embeds items (ids and side values)
+    # with tables of its own, so its gradients never move the item space that retrieval and FAISS use
     retrieval_blocks: int = 2  # causal blocks of the retrieval encoder
+    retrieval_heads: int = 0  # attention heads of the retrieval encoder; 0 = n_heads (SASRec uses 1 or 2)
     retrieval_weight: float = 1.0  # weight of the next-item loss beside the CTR log loss
     retrieval_temperature: float = 1.0  # softmax temperature of the next-item objective
 
     def __post_init__(self) -> None:
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        for name in ("n_heads", "retrieval_heads"):
+            heads = getattr(self, name)
+            if heads < 0 or (heads and self.d_model % heads) or (name == "n_heads" and not heads):
+                raise ValueError(f"d_model={self.d_model} must be divisible by {name}={heads}")
         if len(self.side_sizes) != len(self.side_widths):
             raise ValueError("side_sizes and side_widths must have one entry per item column")
         if self.retrieval_len < self.max_len:
@@ -102,15 +109,23 @@ def token_embedding(n: int, d: int, padding_idx: int | None = 0) -> nn.Embedding
 
 
 class ItemEmbedding(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    tables: ItemEmbedding | None
+
+    def __init__(self, cfg: ModelConfig, tables: ItemEmbedding | None = None):
+        """`tables`: another ItemEmbedding whose item -> side-value tables this one reads (the ranker's own
+        embedding reads the retrieval embedding's, so the artifact holds each table once)."""
         super().__init__()
         self.ids = token_embedding(cfg.n_items, cfg.d_model)
         self.sides = nn.ModuleList([token_embedding(n, cfg.d_model) for n in cfg.side_sizes])
-        for j, width in enumerate(cfg.side_widths):
-            # the item -> side-feature table, filled from the saved vocabulary (see recsys.batch)
-            self.register_buffer(f"side_table_{j}", torch.zeros(cfg.n_items, width, dtype=torch.long))
+        object.__setattr__(self, "tables", tables)  # a reference, not a submodule: no second copy of its state
+        if tables is None:
+            for j, width in enumerate(cfg.side_widths):
+                # the item -> side-feature table, filled from the saved vocabulary (see recsys.batch)
+                self.register_buffer(f"side_table_{j}", torch.zeros(cfg.n_items, width, dtype=torch.long))
 
     def side_table(self, j: int) -> Tensor:
+        if self.tables is not None:
+            return self.tables.side_table(j)
         table: Tensor = getattr(self, f"side_table_{j}")
         return table
 
@@ -133,10 +148,10 @@ class ItemEmbedding(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, n_heads: int = 0):
         super().__init__()
         d = cfg.d_model
-        self.n_heads = cfg.n_heads
+        self.n_heads = n_heads or cfg.n_heads
         self.qkv = nn.Linear(d, 3 * d)
         self.proj = nn.Linear(d, d)
         self.ln1 = nn.LayerNorm(d)
@@ -195,7 +210,8 @@ class BST(nn.Module):
         self.cfg = cfg
         d = cfg.d_model
         self.items = ItemEmbedding(cfg)
-        # ranker: behaviors + target -> blocks -> MLP
+        # ranker: behaviors + target -> blocks -> MLP; its item tables are the retrieval space's unless "own"
+        self.ranker_embedding = ItemEmbedding(cfg, tables=self.items) if cfg.ranker_items == "own" else None
         self.position = token_embedding(cfg.n_positions, d)
         self.event = token_embedding(cfg.n_events, d)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_blocks))
@@ -212,11 +228,16 @@ class BST(nn.Module):
         self.mlp = nn.Sequential(*layers, nn.Linear(width, 1))
         # retrieval: a causal encoder over the last `retrieval_len` behaviors, in the item space
         self.slot = token_embedding(cfg.retrieval_len, d, padding_idx=None)
-        self.retrieval_blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.retrieval_blocks))
+        self.retrieval_blocks = nn.ModuleList(Block(cfg, cfg.retrieval_heads) for _ in range(cfg.retrieval_blocks))
         self.retrieval_norm = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
 
     # -- ranking ------------------------------------------------------------------------------------
+
+    @property
+    def ranker_items(self) -> ItemEmbedding:
+        """The item embedding the ranker reads (behaviors and candidates)."""
+        return self.items if self.ranker_embedding is None else self.ranker_embedding
 
     def request_features(self, history: History) -> Tensor:
         """Everything the MLP reads that does not depend on the candidate. (B, F)."""
@@ -228,7 +249,7 @@ class BST(nn.Module):
         """The last `max_len` behaviors as tokens. (B, L, d)."""
         L = self.cfg.max_len
         items, pos, ev = history.items[:, -L:], history.positions[:, -L:], history.events[:, -L:]
-        return self.items(items) + self.position(pos) + self.event(ev)
+        return self.ranker_items(items) + self.position(pos) + self.event(ev)
 
     def score(
         self, history: History, candidates: Tensor, user: Tensor | None = None, every_position: bool = True
@@ -243,7 +264,7 @@ class BST(nn.Module):
         B, C = candidates.shape
         behaviors = self.behavior_tokens(history)  # (B, L, d)
         L = behaviors.shape[1]
-        target_raw = self.items(candidates)  # (B, C, d)
+        target_raw = self.ranker_items(candidates)  # (B, C, d)
         target = target_raw + self.position.weight[1]  # position 1 marks the target
         tokens = torch.cat([behaviors.unsqueeze(1).expand(B, C, L, -1), target.unsqueeze(2)], dim=2)
         tokens = self.drop(tokens.reshape(B * C, L + 1, -1))  # (B*C, L+1, d)
@@ -270,7 +291,8 @@ class BST(nn.Module):
             if user is None:
                 with torch.no_grad():
                     user = self.encode_user(history)  # (B, d)
-            parts.append((target_raw.detach() * user.detach().unsqueeze(1)).sum(-1, keepdim=True))  # (B, C, 1)
+            vectors = target_raw if self.ranker_embedding is None else self.items(candidates)  # (B, C, d)
+            parts.append((vectors.detach() * user.detach().unsqueeze(1)).sum(-1, keepdim=True))  # (B, C, 1)
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)  # (B, C)
 
     # -- retrieval ----------------------------------------------------------------------------------

@@ -174,7 +174,7 @@ class Recommender:
         unk = torch.full((len(ids),), UNK)
         with torch.no_grad():
             vectors = self.model.items.embed(unk, sides).float()  # (n, d)
-            ranker = self.fast.model.items.embed(unk, sides)  # (n, d), bf16 when the ranker is
+            ranker = self.fast.model.ranker_items.embed(unk, sides)  # (n, d), bf16 when the ranker is
         return FreshItems(self.version, tuple(ids), {i: j for j, i in enumerate(ids)}, vectors, ranker)
 
     def recommend(self, user: UserState, k: int, exclude_seen: bool = True, now: float | None = None) -> Recommendation:
@@ -372,9 +372,14 @@ class Recommender:
         is_fresh = cands >= base
         with torch.no_grad():
             ids = torch.from_numpy(np.where(is_fresh, UNK, cands))  # (B, C)
-            emb = self.fast.model.items(ids)  # (B, C, d)
-            emb[torch.from_numpy(is_fresh)] = fresh.ranker[torch.from_numpy(cands[is_fresh] - base)]
-            return self.fast.score_prepared(state, ids, emb).float()
+            rows, where = torch.from_numpy(cands[is_fresh] - base), torch.from_numpy(is_fresh)
+            emb = self.fast.model.ranker_items(ids)  # (B, C, d)
+            emb[where] = fresh.ranker[rows]
+            if self.fast.model.ranker_embedding is None:
+                return self.fast.score_prepared(state, ids, emb).float()
+            vec = self.fast.model.items(ids)  # (B, C, d) the retrieval vectors, for the retrieval-score input
+            vec[where] = fresh.vectors[rows].to(vec.dtype)
+            return self.fast.score_prepared(state, ids, emb, vec).float()
 
     def _answer(
         self,

@@ -39,9 +39,10 @@ def build(cfg: ModelConfig, seed: int) -> BST:
     users=st.sampled_from([(), (5,), (3, 7)]),
     sides=st.sampled_from([((), ()), ((6,), (1,)), ((6, 20), (1, 3))]),
     min_len=st.sampled_from([0, 1]),
+    ranker_items=st.sampled_from(["shared", "own"]),
 )
 def test_fast_equals_reference(
-    seed, n_blocks, heads_d, max_len, n_cands, batch, retrieval_feature, users, sides, min_len
+    seed, n_blocks, heads_d, max_len, n_cands, batch, retrieval_feature, users, sides, min_len, ranker_items
 ):
     n_heads, d = heads_d
     cfg = ModelConfig(
@@ -57,6 +58,7 @@ def test_fast_equals_reference(
         side_widths=sides[1],
         retrieval_feature=retrieval_feature,
         history_sees_target=n_blocks == 1,  # one block: the paper's default; more: candidate isolation
+        ranker_items=ranker_items,
     )
     model = build(cfg, seed)
     gen = torch.Generator().manual_seed(seed)
@@ -79,6 +81,22 @@ def test_prepared_state_is_reusable_across_candidate_sets() -> None:
             torch.testing.assert_close(
                 fast.score_prepared(state, cands), model.score(hist, cands), atol=1e-5, rtol=1e-5
             )
+
+
+def test_a_ranker_with_its_own_item_tables_takes_given_embeddings_and_vectors() -> None:
+    """`ranker_items="own"`: given embeddings (how items added after training are scored) must come with
+    their retrieval vectors; given the looked-up ones, the scores are the looked-up scores."""
+    cfg = ModelConfig(n_items=40, mlp_dims=(32,), side_sizes=(6,), side_widths=(2,), ranker_items="own")
+    model = build(cfg, 0)
+    hist = random_history(cfg, B=2, T=cfg.retrieval_len, gen=torch.Generator().manual_seed(0), min_len=3)
+    fast = FastScorer(model)
+    state, cands = fast.prepare(hist), torch.tensor([[2, 3, 4], [5, 6, 7]])
+    with torch.no_grad():
+        item, vector = model.ranker_items(cands), model.items(cands)
+        assert not torch.allclose(item, vector)  # two tables
+        torch.testing.assert_close(fast.score_prepared(state, cands, item, vector), fast.score_prepared(state, cands))
+        with pytest.raises(ValueError, match="both"):
+            fast.score_prepared(state, cands, item)
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,9 @@ CONFIGS = {
     ),
     "two_blocks_flatten": ModelConfig(n_items=60, n_blocks=2, pooling="flatten", mlp_dims=(64, 32)),
     "ordinal": ModelConfig(n_items=60, position="ordinal", n_positions=60, max_len=10, retrieval_len=20),
+    "ranker_own_items": ModelConfig(
+        n_items=60, side_sizes=(9, 30), side_widths=(1, 4), ranker_items="own", retrieval_heads=2
+    ),
 }
 
 
@@ -40,7 +43,7 @@ def test_contract(name: str, check, seed: int) -> None:
         check(model, hist, cands)
 
 
-@pytest.mark.parametrize("name", ["paper_default", "multi_valued_attrs", "ordinal"])
+@pytest.mark.parametrize("name", ["paper_default", "multi_valued_attrs", "ordinal", "ranker_own_items"])
 def test_training_ranker_path_equals_every_block_over_every_position(name: str) -> None:
     """`score(every_position=False)` (what `forward` trains) computes the last block for the target's
     query alone; it equals the reference, every block over every position, padding included."""
@@ -147,8 +150,38 @@ def test_forward_returns_logits_and_a_loss_that_trains() -> None:
     assert loss.item() < 0.5 * first
 
 
+def test_a_ranker_with_its_own_item_tables_never_moves_the_retrieval_space() -> None:
+    """`ranker_items="own"`: the CTR loss reaches the ranker's item tables and none of the retrieval
+    ones (the ids and side values FAISS indexes); the next-item loss reaches the retrieval tables and
+    none of the ranker's. Both read the one item -> side-value table, saved once."""
+    cfg = CONFIGS["ranker_own_items"]
+    torch.manual_seed(0)
+    model = BST(cfg)
+    assert not any(k.startswith("ranker_embedding.side_table") for k in model.state_dict())
+    for j, w in enumerate(cfg.side_widths):  # fill the side tables as the data layer would
+        getattr(model.items, f"side_table_{j}").copy_(torch.randint(0, cfg.side_sizes[j], (cfg.n_items, w)))
+    hist = random_history(cfg, B=8, T=cfg.retrieval_len, gen=torch.Generator().manual_seed(0), min_len=2)
+    batch = dict(zip(History._fields, hist, strict=True)) | {"target": hist.items[:, -1].clamp(min=2)}
+    batch["label"] = (torch.arange(8) % 2).float()
+    ranker = list(model.ranker_items.parameters())
+    retrieval = list(model.items.parameters())
+    for weight, touched, untouched in ((0.0, ranker, retrieval), (1.0, retrieval, None)):
+        model.zero_grad(set_to_none=True)
+        model.cfg = dataclasses.replace(cfg, retrieval_weight=weight)
+        model(batch)[1].backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in touched)
+        if untouched is not None:
+            assert all(p.grad is None or not p.grad.any() for p in untouched)
+    model.zero_grad(set_to_none=True)
+    next_loss = model.next_item_loss(model.encode_sequence(hist.items), hist.items.roll(-1, dims=1))
+    next_loss.backward()
+    assert all(p.grad is None for p in ranker)
+
+
 def test_config_rejects_inconsistent_values() -> None:
     with pytest.raises(ValueError, match="divisible"):
         ModelConfig(n_items=10, d_model=30, n_heads=8)
+    with pytest.raises(ValueError, match="retrieval_heads=3"):
+        ModelConfig(n_items=10, retrieval_heads=3)
     with pytest.raises(ValueError, match="retrieval_len"):
         ModelConfig(n_items=10, max_len=30, retrieval_len=20)
