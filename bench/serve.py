@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-requests", type=int, default=300, help="requests per level for the naive baseline")
     p.add_argument("--server-args", default="", help="extra flags for the fast server, e.g. '--workers 2'")
     p.add_argument("--work-dir", type=Path, help="keep the log, artifact and server logs here")
-    p.add_argument("--plot", type=Path, default=Path("bench_serve.png"), help="latency plot (PNG)")
+    p.add_argument("--plot", type=Path, help="latency plot (PNG); default: beside --json, else runs/bench_serve.png")
     p.add_argument("--json", type=Path, help="write the results as JSON")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -436,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
             fast_flags = " ".join(args.server_args.split()) or "defaults"
         with server(art, url, work, "naive", NAIVE_FLAGS) as s:
             naive = run_levels(s, users, levels, args.baseline_requests, None, args.candidates, args.repeat)
+    if args.plot is None:  # never into the checkout's root, where git would see it
+        args.plot = args.json.with_suffix(".png") if args.json else Path("runs/bench_serve.png")
+    args.plot.parent.mkdir(parents=True, exist_ok=True)
     plot(fast, naive, args.plot)
 
     c1 = next((r for r in fast if r["concurrency"] == levels[0]), fast[0])
