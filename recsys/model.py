@@ -65,10 +65,12 @@ class ModelConfig:
     retrieval_temperature: float = 1.0  # softmax temperature of the next-item objective
 
     def __post_init__(self) -> None:
-        for name in ("n_heads", "retrieval_heads"):
-            heads = getattr(self, name)
-            if heads < 0 or (heads and self.d_model % heads) or (name == "n_heads" and not heads):
-                raise ValueError(f"d_model={self.d_model} must be divisible by {name}={heads}")
+        if self.n_heads < 1 or self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads} (>= 1)")
+        if self.retrieval_heads < 0 or (self.retrieval_heads and self.d_model % self.retrieval_heads):
+            raise ValueError(
+                f"d_model={self.d_model} must be divisible by retrieval_heads={self.retrieval_heads} (0 = n_heads)"
+            )
         if len(self.side_sizes) != len(self.side_widths):
             raise ValueError("side_sizes and side_widths must have one entry per item column")
         if self.retrieval_len < self.max_len:
