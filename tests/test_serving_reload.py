@@ -6,6 +6,7 @@ responses name it; a third, "v3", is a copy with one flipped bit in its weights.
 
 from __future__ import annotations
 
+import gc
 import shutil
 import threading
 import time
@@ -17,6 +18,7 @@ import pytest
 
 from recsys import artifact as artifact_format
 from serving.client import RecommenderClient
+from serving.reload import load_and_warm
 from tests.test_serving_ops import running_server, sample, wait_for
 
 pytestmark = pytest.mark.slow
@@ -100,3 +102,18 @@ def test_reload_under_load_switches_once_and_refuses_a_corrupt_version(trained, 
             assert (again.model_version, again.changed) == (v1, False)
             time.sleep(0.3)
             assert client.recommend("u00001", k=5).model_version == v1
+
+
+def test_a_loaded_model_leaves_the_cyclic_collectors_scans(trained) -> None:
+    """`load_and_warm` freezes the heap, the new model included, so Python's full collections stop
+    walking it (they held about one call in a hundred for 100-250 ms at 16 concurrent calls)."""
+    gc.unfreeze()
+    try:
+        model = load_and_warm(trained.artifact)
+        owned = model.featurizer.items.tokens  # one of the model's long-lived containers
+        assert gc.get_freeze_count() > 0
+        assert not any(o is owned for o in gc.get_objects())  # frozen: in no generation the collector scans
+        gc.unfreeze()
+        assert any(o is owned for o in gc.get_objects())  # the check above can fail
+    finally:
+        gc.unfreeze()
