@@ -37,6 +37,9 @@ def test_bench_serve_runs_against_real_redis_and_servers(tmp_path: Path) -> None
         assert level["errors"] == 0, level
         assert {"p50_ms", "p95_ms", "p99_ms", "rps"} <= set(level) and level["p50_ms"] <= level["p99_ms"]
     assert result["levels"][0]["retrieval_and_ranking_ms"] > 0  # the stage histograms were read
+    for level in result["levels"]:  # the server's own call-duration histogram was read
+        assert 0 <= level["server_within_50ms"] <= level["server_within_100ms"] <= 1, level
+        assert level["server_within_100ms"] > 0, level
     # each user asked twice: the default server's user-state cache hits (counted by its own metrics);
     # the baseline runs without one
     assert all(lv["state_cache_hit_rate"] >= 0.3 for lv in result["levels"]), result["levels"]
