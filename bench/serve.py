@@ -25,7 +25,7 @@ No arguments needed: it starts its own throwaway `redis-server` and servers, and
 5. Prints p50/p95/p99, throughput and errors per level for both, their p50 ratio, the per-stage
    breakdown from the server's own Prometheus histograms, the share of calls the server itself finished
    within 50 and 100 ms (its call-duration histogram: a tail there is the server's, not the driver's),
-   and saves a latency plot (PNG).
+   the server's garbage-collector pauses (`recsys_gc_pause_seconds`), and saves a latency plot (PNG).
 """
 
 from __future__ import annotations
@@ -255,6 +255,28 @@ def server_shares(before: dict[str, float], after: dict[str, float]) -> dict[str
     }
 
 
+def server_gc(text: str) -> dict[str, tuple[float, float]]:
+    """(pauses, seconds) of the server process's garbage collector per generation ("0", "1", "2")."""
+    out: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        for part, i in (("_count{", 0), ("_sum{", 1)):
+            if line.startswith(f"recsys_gc_pause_seconds{part}"):
+                name, value = line.rsplit(" ", 1)
+                out.setdefault(label_value(name, "generation"), [0.0, 0.0])[i] = float(value)
+    return {g: (v[0], v[1]) for g, v in out.items()}
+
+
+def gc_delta(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """The server's collector between two snapshots: full collections and their pause time, and the
+    pause time of all collections."""
+    zero = (0.0, 0.0)
+    return {
+        "server_full_gcs": after.get("2", zero)[0] - before.get("2", zero)[0],
+        "server_full_gc_ms": 1e3 * (after.get("2", zero)[1] - before.get("2", zero)[1]),
+        "server_gc_ms": 1e3 * sum(after.get(g, zero)[1] - before.get(g, zero)[1] for g in ("0", "1", "2")),
+    }
+
+
 def stage_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
     means = {}
     for stage in STAGES:
@@ -349,6 +371,7 @@ def measure(
     after = scrape(s.metrics_url)
     row |= stage_means(stage_sums(before), stage_sums(after))
     row |= server_shares(server_buckets(before), server_buckets(after))  # the warm-up's calls included
+    row |= gc_delta(server_gc(before), server_gc(after))
     (hits0, misses0), (hits, misses) = cache_counts(before), cache_counts(after)
     lookups = (hits - hits0) + (misses - misses0)  # the warm-up's lookups included
     row["state_cache_hit_rate"] = (hits - hits0) / lookups if lookups else 0.0
@@ -366,15 +389,16 @@ def label(row: dict[str, Any]) -> str:
 def table(title: str, rows: list[dict[str, Any]]) -> str:
     head = (
         "| load | p50 ms | p95 ms | p99 ms | req/s | errors | fetch ms | queue ms | batch wait ms "
-        "| retrieve+rank ms | serialise ms | state-cache hits | server <= 50 / 100 ms |"
+        "| retrieve+rank ms | serialise ms | state-cache hits | server <= 50 / 100 ms | server GC ms (full: n, ms) |"
     )
-    lines = [f"**{title}**", "", head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"**{title}**", "", head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
             f"| {label(r)} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps']:.1f} | "
             f"{r['errors']} | {r['feature_fetch_ms']:.2f} | {r['queue_ms']:.2f} | {r['batch_wait_ms']:.2f} | "
             f"{r['retrieval_and_ranking_ms']:.2f} | {r['serialization_ms']:.3f} | {r['state_cache_hit_rate']:.0%} | "
-            f"{r['server_within_50ms']:.1%} / {r['server_within_100ms']:.1%} |"
+            f"{r['server_within_50ms']:.1%} / {r['server_within_100ms']:.1%} | "
+            f"{r['server_gc_ms']:.0f} ({r['server_full_gcs']:.0f}, {r['server_full_gc_ms']:.0f}) |"
         )
     return "\n".join(lines)
 

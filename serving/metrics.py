@@ -7,6 +7,8 @@ format at `/metrics`.
 
 from __future__ import annotations
 
+import bisect
+import gc
 import logging
 import threading
 import time
@@ -15,7 +17,7 @@ from contextlib import contextmanager
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
@@ -40,6 +42,7 @@ SERIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("recsys_model_info", "gauge", ("version", "created_at")),
     ("recsys_model_reloads_total", "counter", ("result",)),
     ("recsys_model_batch_size", "histogram", ()),
+    ("recsys_gc_pause_seconds", "histogram", ("generation",)),
 )
 STAGES = ("queue", "feature_fetch", "batch_wait", "retrieval_and_ranking", "ranking", "feature_write", "serialization")
 DEGRADED_REASONS = ("degraded_cache", "degraded_fallback")
@@ -99,6 +102,7 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        r.register(_GCPauseCollector())
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         # Zero-valued series exist from the start, so rate() and alerts work before the first event.
         for result in ("hit", "miss"):
@@ -158,6 +162,55 @@ class _StateCacheCollector(Collector):
             "recsys_state_cache_entries", "Users held in the served model's ranking-state cache.",
             value=len(cache) if cache is not None else 0,
         )  # fmt: skip
+
+
+# 0.1 ms .. 1 s: a young collection takes well under a millisecond; a full one walks every tracked object
+GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class _GCPauses:
+    """Every pause of Python's cyclic garbage collector in this process, by generation (0, 1, 2), as
+    bucket counts and sums. One instance per process (`gc.callbacks` is process-wide, and so are the
+    pauses: every server in the process waits them out). The collector runs its callbacks under the
+    GIL, one collection at a time, so plain attributes are enough."""
+
+    def __init__(self) -> None:
+        self.counts = [[0] * (len(GC_BUCKETS) + 1) for _ in range(3)]  # per generation, per bucket (+Inf)
+        self.sums = [0.0, 0.0, 0.0]
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+            return
+        seconds = time.perf_counter() - self._start
+        generation = min(2, max(0, info.get("generation", 2)))
+        self.counts[generation][bisect.bisect_left(GC_BUCKETS, seconds)] += 1
+        self.sums[generation] += seconds
+
+
+_GC_PAUSES = _GCPauses()
+gc.callbacks.append(_GC_PAUSES)
+
+
+class _GCPauseCollector(Collector):
+    """`recsys_gc_pause_seconds`: the process's collector pauses (README, Speed: they made the tail at
+    concurrency 16 until `serving.reload.freeze_heap`)."""
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(
+            "recsys_gc_pause_seconds",
+            "Pauses of Python's cyclic garbage collector in this process, by generation (2 = a full collection).",
+            labels=["generation"],
+        )
+        for generation in range(3):
+            counts, total = list(_GC_PAUSES.counts[generation]), _GC_PAUSES.sums[generation]
+            cumulative, buckets = 0, []
+            for bound, n in zip((*GC_BUCKETS, float("inf")), counts, strict=True):
+                cumulative += n
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            family.add_metric([str(generation)], buckets, total)
+        yield family
 
 
 class MetricsHTTPServer:

@@ -40,6 +40,7 @@ def test_bench_serve_runs_against_real_redis_and_servers(tmp_path: Path) -> None
     for level in result["levels"]:  # the server's own call-duration histogram was read
         assert 0 <= level["server_within_50ms"] <= level["server_within_100ms"] <= 1, level
         assert level["server_within_100ms"] > 0, level
+        assert level["server_gc_ms"] >= 0 and level["server_full_gcs"] >= 0, level  # its collector's pauses
     # each user asked twice: the default server's user-state cache hits (counted by its own metrics);
     # the baseline runs without one
     assert all(lv["state_cache_hit_rate"] >= 0.3 for lv in result["levels"]), result["levels"]

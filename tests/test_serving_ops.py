@@ -10,6 +10,7 @@ where the test stops it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import shutil
@@ -33,7 +34,7 @@ from serving import healthcheck
 from serving.client import RecommenderClient
 from serving.config import ServerConfig
 from serving.errors import REQUEST_ID_KEY
-from serving.metrics import SERIES
+from serving.metrics import SERIES, Metrics
 from serving.server import App, build_server
 from tests.conftest import ROOT, free_port
 
@@ -188,10 +189,27 @@ def test_metrics_endpoint_exposes_every_documented_series(trained) -> None:
     assert state_lookups >= 3 and value("recsys_state_cache_entries") >= 1  # two Recommends and a Rank, at least
     info = [s for s in samples if s[0] == "recsys_model_info"]
     assert len(info) == 1 and dict(info[0][1])["version"] == trained.artifact.name
+    assert value("recsys_gc_pause_seconds_count", generation="2") >= 1  # the load's own collection (freeze_heap)
 
     readme = (ROOT / "README.md").read_text()
     undocumented = [name for name, _, _ in SERIES if name not in readme]
     assert not undocumented, f"document these series in README.md: {undocumented}"
+
+
+def test_gc_pauses_are_counted_by_generation_in_their_bucket() -> None:
+    registry = Metrics().registry
+
+    def sample(name: str, **labels: str) -> float:
+        return registry.get_sample_value(f"recsys_gc_pause_seconds_{name}", {"generation": "2", **labels}) or 0.0
+
+    count, total, under_1s = sample("count"), sample("sum"), sample("bucket", le="1.0")
+    started = time.perf_counter()
+    gc.collect()
+    took = time.perf_counter() - started
+    assert sample("count") == count + 1
+    assert 0 < sample("sum") - total <= took
+    assert sample("bucket", le="+Inf") == count + 1
+    assert sample("bucket", le="1.0") == under_1s + (took < 1.0)
 
 
 def test_request_id_is_echoed_and_each_call_logs_one_json_line(trained, caplog: pytest.LogCaptureFixture) -> None:
