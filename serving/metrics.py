@@ -7,7 +7,6 @@ format at `/metrics`.
 
 from __future__ import annotations
 
-import bisect
 import gc
 import logging
 import threading
@@ -17,7 +16,7 @@ from contextlib import contextmanager
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
 
@@ -102,7 +101,7 @@ class Metrics:
             ["result"],
             registry=r,
         )
-        r.register(_GCPauseCollector())
+        r.register(GC_PAUSES)
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         # Zero-valued series exist from the start, so rate() and alerts work before the first event.
         for result in ("hit", "miss"):
@@ -166,51 +165,35 @@ class _StateCacheCollector(Collector):
 
 # 0.1 ms .. 1 s: a young collection takes well under a millisecond; a full one walks every tracked object
 GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# Process-wide, as `gc.callbacks` and the pauses are (every server in the process waits them out): one
+# histogram, in no registry of its own, that every server's registry also exposes (README, Speed: these
+# pauses made the tail at concurrency 16 until `serving.reload.freeze_heap`).
+GC_PAUSES = Histogram(
+    "recsys_gc_pause_seconds",
+    "Pauses of Python's cyclic garbage collector in this process, by generation (2 = a full collection).",
+    ["generation"],
+    buckets=GC_BUCKETS,
+    registry=None,
+)
 
 
-class _GCPauses:
-    """Every pause of Python's cyclic garbage collector in this process, by generation (0, 1, 2), as
-    bucket counts and sums. One instance per process (`gc.callbacks` is process-wide, and so are the
-    pauses: every server in the process waits them out). The collector runs its callbacks under the
-    GIL, one collection at a time, so plain attributes are enough."""
+class _GCPauseRecorder:
+    """The `gc.callbacks` hook: times each collection into GC_PAUSES. The collector runs callbacks under the
+    GIL, one collection at a time and never nested, so one start time is enough; the children are bound
+    once, so a callback takes no lock but their values'."""
 
     def __init__(self) -> None:
-        self.counts = [[0] * (len(GC_BUCKETS) + 1) for _ in range(3)]  # per generation, per bucket (+Inf)
-        self.sums = [0.0, 0.0, 0.0]
+        self._by_generation = [GC_PAUSES.labels(generation=str(g)) for g in range(3)]
         self._start = 0.0
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._start = time.perf_counter()
-            return
-        seconds = time.perf_counter() - self._start
-        generation = min(2, max(0, info.get("generation", 2)))
-        self.counts[generation][bisect.bisect_left(GC_BUCKETS, seconds)] += 1
-        self.sums[generation] += seconds
+        else:
+            self._by_generation[min(2, max(0, info.get("generation", 2)))].observe(time.perf_counter() - self._start)
 
 
-_GC_PAUSES = _GCPauses()
-gc.callbacks.append(_GC_PAUSES)
-
-
-class _GCPauseCollector(Collector):
-    """`recsys_gc_pause_seconds`: the process's collector pauses (README, Speed: they made the tail at
-    concurrency 16 until `serving.reload.freeze_heap`)."""
-
-    def collect(self) -> Iterator[HistogramMetricFamily]:
-        family = HistogramMetricFamily(
-            "recsys_gc_pause_seconds",
-            "Pauses of Python's cyclic garbage collector in this process, by generation (2 = a full collection).",
-            labels=["generation"],
-        )
-        for generation in range(3):
-            counts, total = list(_GC_PAUSES.counts[generation]), _GC_PAUSES.sums[generation]
-            cumulative, buckets = 0, []
-            for bound, n in zip((*GC_BUCKETS, float("inf")), counts, strict=True):
-                cumulative += n
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-            family.add_metric([str(generation)], buckets, total)
-        yield family
+gc.callbacks.append(_GCPauseRecorder())
 
 
 class MetricsHTTPServer:
