@@ -205,19 +205,22 @@ def label_value(name: str, key: str) -> str:
     return name.split(f'{key}="', 1)[1].split('"', 1)[0]
 
 
+def histogram_totals(text: str, metric: str, key: str, where: str = "") -> dict[str, tuple[float, float]]:
+    """(sum, count) per value of label `key` of histogram `metric`, from an exposition (`scrape`), over
+    the samples whose line contains `where` (say 'method="Recommend"')."""
+    out: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        for suffix, i in (("_sum{", 0), ("_count{", 1)):
+            if line.startswith(metric + suffix) and where in line:
+                name, value = line.rsplit(" ", 1)
+                out.setdefault(label_value(name, key), [0.0, 0.0])[i] += float(value)
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
 def stage_sums(text: str) -> dict[str, tuple[float, float]]:
     """(sum seconds, count) per Recommend stage, from an exposition (`scrape`)."""
-    out: dict[str, list[float]] = {s: [0.0, 0.0] for s in STAGES}
-    for line in text.splitlines():
-        if not line.startswith("recsys_stage_duration_seconds_") or 'method="Recommend"' not in line:
-            continue
-        name, value = line.rsplit(" ", 1)
-        stage = label_value(name, "stage")
-        if stage in out and name.startswith("recsys_stage_duration_seconds_sum"):
-            out[stage][0] += float(value)
-        elif stage in out and name.startswith("recsys_stage_duration_seconds_count"):
-            out[stage][1] += float(value)
-    return {k: (v[0], v[1]) for k, v in out.items()}
+    totals = histogram_totals(text, "recsys_stage_duration_seconds", "stage", 'method="Recommend"')
+    return {stage: totals.get(stage, (0.0, 0.0)) for stage in STAGES}
 
 
 def cache_counts(text: str) -> tuple[float, float]:
@@ -255,25 +258,15 @@ def server_shares(before: dict[str, float], after: dict[str, float]) -> dict[str
     }
 
 
-def server_gc(text: str) -> dict[str, tuple[float, float]]:
-    """(pauses, seconds) of the server process's garbage collector per generation ("0", "1", "2")."""
-    out: dict[str, list[float]] = {}
-    for line in text.splitlines():
-        for part, i in (("_count{", 0), ("_sum{", 1)):
-            if line.startswith(f"recsys_gc_pause_seconds{part}"):
-                name, value = line.rsplit(" ", 1)
-                out.setdefault(label_value(name, "generation"), [0.0, 0.0])[i] = float(value)
-    return {g: (v[0], v[1]) for g, v in out.items()}
-
-
-def gc_delta(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
-    """The server's collector between two snapshots: full collections and their pause time, and the
-    pause time of all collections."""
+def gc_delta(before_text: str, after_text: str) -> dict[str, float]:
+    """The server's collector between two expositions: full collections (generation 2) and their pause
+    time, and the pause time of all collections (`recsys_gc_pause_seconds`)."""
+    before, after = (histogram_totals(t, "recsys_gc_pause_seconds", "generation") for t in (before_text, after_text))
     zero = (0.0, 0.0)
     return {
-        "server_full_gcs": after.get("2", zero)[0] - before.get("2", zero)[0],
-        "server_full_gc_ms": 1e3 * (after.get("2", zero)[1] - before.get("2", zero)[1]),
-        "server_gc_ms": 1e3 * sum(after.get(g, zero)[1] - before.get(g, zero)[1] for g in ("0", "1", "2")),
+        "server_full_gcs": after.get("2", zero)[1] - before.get("2", zero)[1],
+        "server_full_gc_ms": 1e3 * (after.get("2", zero)[0] - before.get("2", zero)[0]),
+        "server_gc_ms": 1e3 * sum(after.get(g, zero)[0] - before.get(g, zero)[0] for g in ("0", "1", "2")),
     }
 
 
@@ -371,7 +364,7 @@ def measure(
     after = scrape(s.metrics_url)
     row |= stage_means(stage_sums(before), stage_sums(after))
     row |= server_shares(server_buckets(before), server_buckets(after))  # the warm-up's calls included
-    row |= gc_delta(server_gc(before), server_gc(after))
+    row |= gc_delta(before, after)
     (hits0, misses0), (hits, misses) = cache_counts(before), cache_counts(after)
     lookups = (hits - hits0) + (misses - misses0)  # the warm-up's lookups included
     row["state_cache_hit_rate"] = (hits - hits0) / lookups if lookups else 0.0
