@@ -63,6 +63,8 @@ class ModelConfig:
     retrieval_heads: int = 0  # attention heads of the retrieval encoder; 0 = n_heads (SASRec uses 1 or 2)
     retrieval_weight: float = 1.0  # weight of the next-item loss beside the CTR log loss
     retrieval_temperature: float = 1.0  # softmax temperature of the next-item objective
+    listwise_weight: float = 0.0  # weight of the listwise ranker loss beside the log loss: each positive
+    # against the negatives that share its history (the trainer's `group`), softmax over that group
 
     def __post_init__(self) -> None:
         if self.n_heads < 1 or self.d_model % self.n_heads:
@@ -75,6 +77,8 @@ class ModelConfig:
             raise ValueError("side_sizes and side_widths must have one entry per item column")
         if self.retrieval_len < self.max_len:
             raise ValueError(f"retrieval_len={self.retrieval_len} must be >= max_len={self.max_len}")
+        if self.listwise_weight < 0:
+            raise ValueError(f"listwise_weight={self.listwise_weight} must be >= 0 (0 = log loss alone)")
         if self.position == "ordinal" and self.n_positions < self.retrieval_len + 2:
             raise ValueError(f"ordinal positions need n_positions >= retrieval_len + 2 = {self.retrieval_len + 2}")
 
@@ -333,13 +337,17 @@ class BST(nn.Module):
         """batch: the History fields, `target` (B,) and `label` (B,) float for the ranker, and for the
         retrieval head `next_items`/`next_targets` (S, T): windows of users' positives and the next item
         at each position (0 = no loss), SASRec-style. Without them the positive rows' own histories
-        train it (every position of each), in training mode only. Returns the CTR logits (B,) and the
-        loss: log loss + retrieval_weight * next-item loss."""
+        train it (every position of each), in training mode only. With `group` (B,) (rows sharing a
+        history share an id) and `listwise_weight` > 0 the ranker also takes `listwise_loss`. Returns
+        the CTR logits (B,) and the loss: log loss + listwise_weight * listwise loss +
+        retrieval_weight * next-item loss."""
         history = History(*(batch[name] for name in History._fields))
         items = history.items[:, -self.cfg.retrieval_len :]  # (B, T)
         user = self.served_user(items) if self.cfg.retrieval_feature else None
         logits = self.score(history, batch["target"].unsqueeze(1), user, every_position=False).squeeze(1)  # (B,)
         loss = F.binary_cross_entropy_with_logits(logits, batch["label"])
+        if self.cfg.listwise_weight > 0 and "group" in batch:
+            loss = loss + self.cfg.listwise_weight * listwise_loss(logits, batch["label"], batch["group"])
         # in eval mode without windows (evaluation reads the logits) the next-item term is skipped: over a
         # large catalog its (B*T, N) score matrix is gigabytes (20 GB for 1,024 rows and 100k items)
         if self.cfg.retrieval_weight > 0 and (self.training or "next_items" in batch):
@@ -370,6 +378,27 @@ class BST(nn.Module):
     def next_item_loss(self, hidden: Tensor, targets: Tensor) -> Tensor:
         """The retrieval head's objective over the catalog; see `next_item_loss`."""
         return next_item_loss(hidden, targets, self.item_vectors(), self.cfg.retrieval_temperature)
+
+
+def listwise_loss(logits: Tensor, labels: Tensor, group: Tensor) -> Tensor:
+    """The ranker's listwise objective: each positive against the negatives of its group (the rows that
+    share its history: its sampled and retrieval-mined negatives), -log softmax of the positive over
+    [positive; group's negatives] = softplus(logsumexp(negatives) - positive). This is the task the
+    served ranker faces, ordering retrieval's candidates for one history, where the log loss scores
+    each row alone. Positives whose group has no negative in the batch take no loss.
+    logits (B,), labels (B,) 1/0, group (B,) ids in [0, G) -> scalar."""
+    neg = labels < 0.5
+    n_groups = int(group.max()) + 1 if len(group) else 0
+    top = torch.full((n_groups,), float("-inf"), dtype=logits.dtype, device=logits.device)
+    top = top.scatter_reduce(0, group[neg], logits[neg].detach(), "amax")  # (G,) max negative logit
+    has_neg = torch.isfinite(top)
+    shift = torch.where(has_neg, top, torch.zeros_like(top))  # (G,)
+    total = torch.zeros_like(top).index_add(0, group[neg], torch.exp(logits[neg] - shift[group[neg]]))  # (G,)
+    neg_lse = torch.log(total.clamp(min=torch.finfo(total.dtype).tiny)) + shift  # (G,)
+    pos = ~neg & has_neg[group]
+    if not bool(pos.any()):
+        return logits.sum() * 0.0
+    return F.softplus(neg_lse[group[pos]] - logits[pos]).mean()
 
 
 def next_item_loss(hidden: Tensor, targets: Tensor, vectors: Tensor, temperature: float = 1.0) -> Tensor:

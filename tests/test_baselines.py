@@ -5,6 +5,7 @@ beats most-popular and ItemKNN by a margin a broken model cannot reach."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from torch import nn
 
 from bench.protocols import sample_unseen
 from recsys.data import load_log
-from recsys.model import History, ModelConfig
+from recsys.model import BST, History, ModelConfig
 from tests.model_contract import random_history
 from training.baselines import (
     DIN,
@@ -36,7 +37,7 @@ from training.baselines import (
 from training.dataset import EncodedLog, Split, leave_one_out, next_item_windows
 from training.evaluate import ctr_metrics, gauc, rank_metrics, score_ranks
 from training.pipeline import TrainReport, build_model
-from training.trainer import BUDGET_CHECK_STEPS, TrainConfig, budget_horizon, fit
+from training.trainer import BUDGET_CHECK_STEPS, TrainConfig, _Collate, budget_horizon, epoch_examples, fit
 
 SIZES = ModelConfig(
     n_items=60,
@@ -235,6 +236,29 @@ def test_baselines_train_through_the_one_loop(
     some = split.test.subset(np.arange(50))
     ranks = score_ranks(catalogue_scorer(model, data), data, some)
     assert ranks.shape == (50,) and (ranks >= 0).all() and (ranks <= data.n_items).all()
+
+
+def test_training_batches_group_the_rows_that_share_a_history(
+    encoded: tuple[EncodedLog, ModelConfig], tmp_path: Path
+) -> None:
+    """The listwise loss's lists: in a training batch a positive and its sampled and mined negatives
+    (same user, same history end) share a group id, and rows with different histories never do; a
+    BST with `listwise_weight` trains through the one loop on those batches."""
+    data, cfg = encoded
+    full = leave_one_out(data)
+    split = Split(full.train.subset(np.arange(1000)), full.valid.subset(np.arange(200)), full.test, full.popularity)
+    train = TrainConfig(epochs=2, hard_negatives=2, hard_pool=20, eval_examples=200, progress=False)
+    model = BST(dataclasses.replace(cfg, listwise_weight=1.0))
+    model.load_state_dict(data.featurizer.side_buffers(), strict=False)
+    examples = epoch_examples(data, split, train, 1, model)  # positives, a uniform and 2 mined negatives each
+    rows = np.arange(0, len(examples), 7)[:300]
+    group = _Collate(data, examples, None)([(rows, np.zeros(0, np.int64))])["group"].numpy()
+    key = list(zip(examples.user[rows], examples.end[rows], strict=True))
+    same_history = np.array([[a == b for b in key] for a in key])
+    assert (same_history == (group[:, None] == group[None, :])).all()
+    assert len(np.unique(group)) < len(rows)  # some rows did share a history
+    result = fit(model, data, split, train, tmp_path)
+    assert result.best_epoch >= 1 and 0.5 < result.best_metrics["auc"] <= 1.0
 
 
 def test_the_time_budget_cuts_an_epoch_short(encoded: tuple[EncodedLog, ModelConfig], tmp_path: Path) -> None:

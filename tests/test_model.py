@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.model import BST, History, ModelConfig
+from recsys.model import BST, History, ModelConfig, listwise_loss
 from tests.model_contract import CHECKS, random_history
 from training.baselines import SASRec, SASRecConfig
 from training.dataset import Examples
@@ -111,6 +111,48 @@ def test_grouped_permutation_keeps_a_positive_and_its_negatives_together() -> No
         seq = idx[perm]
         assert len([i for i in range(len(seq)) if i == 0 or seq[i] != seq[i - 1]]) == n_hist  # groups contiguous
     assert not np.array_equal(idx[orders[0]], idx[orders[1]])  # the groups' order is random
+
+
+def test_listwise_loss_is_each_positive_softmaxed_against_its_groups_negatives() -> None:
+    """Against a per-group loop: -log(e^pos / (e^pos + sum over the group's negatives)); positives
+    without a negative in their group take no loss; large logits stay finite."""
+    gen = torch.Generator().manual_seed(0)
+    group = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 4])
+    labels = torch.tensor([1, 0, 0, 0, 1, 1, 0, 1, 0, 1, 0], dtype=torch.float32)  # group 2: no negative
+    for scale in (1.0, 300.0):
+        logits = (torch.randn(len(group), generator=gen) * scale).requires_grad_()
+        got = listwise_loss(logits, labels, group)
+        want = []
+        for g in group.unique():
+            members = group == g
+            negs = logits[members & (labels < 0.5)]
+            for p in logits[members & (labels > 0.5)]:
+                if len(negs):
+                    want.append(torch.logsumexp(torch.cat([p.view(1), negs]), 0) - p)
+        torch.testing.assert_close(got, torch.stack(want).mean())
+        assert torch.isfinite(got)
+        got.backward()
+        assert torch.isfinite(logits.grad).all() and logits.grad[5] == 0  # group 2's lone positive
+    none = listwise_loss(torch.randn(3, requires_grad=True), torch.zeros(3), torch.tensor([0, 1, 1]))
+    assert none.item() == 0.0 and none.requires_grad  # no positive: zero, and still differentiable
+
+
+def test_listwise_weight_adds_the_listwise_term_to_forward_when_groups_are_given() -> None:
+    cfg = ModelConfig(n_items=40, mlp_dims=(32,), d_model=32, n_heads=4, dropout=0.0, retrieval_weight=0.0)
+    torch.manual_seed(0)
+    model = BST(cfg).eval()
+    hist = random_history(cfg, B=6, T=cfg.retrieval_len, gen=torch.Generator().manual_seed(1), min_len=2)
+    batch = dict(zip(History._fields, hist, strict=True)) | {"target": torch.randint(2, 40, (6,))}
+    batch["label"] = torch.tensor([1.0, 0, 0, 1, 0, 0])
+    group = torch.tensor([0, 0, 0, 1, 1, 1])
+    with torch.no_grad():
+        logits, pointwise = model(batch)
+        model.cfg = dataclasses.replace(cfg, listwise_weight=0.5)
+        assert model(batch)[1] == pointwise  # no groups in the batch: the log loss alone
+        _, both = model(batch | {"group": group})
+    torch.testing.assert_close(both, pointwise + 0.5 * listwise_loss(logits, batch["label"], group))
+    with pytest.raises(ValueError, match="listwise_weight=-1"):
+        ModelConfig(n_items=10, listwise_weight=-1)
 
 
 def test_empty_history_scores_are_finite() -> None:

@@ -36,6 +36,12 @@ class Examples:
     def subset(self, rows: np.ndarray) -> Examples:
         return Examples(self.user[rows], self.end[rows], self.target[rows], self.label[rows], self.time[rows])
 
+    def history_groups(self) -> np.ndarray:
+        """(n,) ids in [0, groups): rows with the same history (user and history end: a positive and its
+        sampled and mined negatives) share one."""
+        key = self.user.astype(np.int64) * (int(self.end.max(initial=0)) + 1) + self.end
+        return np.unique(key, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
     @staticmethod
     def concat(parts: list[Examples]) -> Examples:
         return Examples(

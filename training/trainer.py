@@ -123,7 +123,9 @@ class _Collate:
 
     def __call__(self, chunk: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, torch.Tensor]:
         rows, wrows = chunk[0]
-        batch = self.data.batch(self.examples.subset(rows))
+        examples = self.examples.subset(rows)
+        batch = self.data.batch(examples)
+        batch["group"] = torch.from_numpy(examples.history_groups())  # the listwise loss's lists
         if self.windows is not None:
             inputs, targets = self.windows.inputs[wrows], self.windows.targets[wrows]  # (S, L) each
             filled = np.flatnonzero(inputs.any(0))
@@ -162,8 +164,7 @@ def window_steps(windows: Windows | None, passes: int, steps: int, rng: np.rando
 def grouped_permutation(examples: Examples, rng: np.random.Generator) -> np.ndarray:
     """A random order of the examples in which those sharing a history (same user and history end: a
     positive and its sampled and mined negatives) are adjacent; groups and members in random order."""
-    key = examples.user.astype(np.int64) * (int(examples.end.max(initial=0)) + 1) + examples.end
-    _, group = np.unique(key, return_inverse=True)
+    group = examples.history_groups()
     rank = rng.permutation(int(group.max(initial=-1)) + 1)[group]  # each group's random place
     return np.lexsort((rng.random(len(examples)), rank))
 
