@@ -338,7 +338,8 @@ class BST(nn.Module):
         retrieval head `next_items`/`next_targets` (S, T): windows of users' positives and the next item
         at each position (0 = no loss), SASRec-style. Without them the positive rows' own histories
         train it (every position of each), in training mode only. With `group` (B,) (rows sharing a
-        history share an id) and `listwise_weight` > 0 the ranker also takes `listwise_loss`. Returns
+        history share an id) and `listwise_weight` > 0 the ranker also takes `listwise_loss`, over the
+        positives that `listwise` (B,) bool marks (all when absent). Returns
         the CTR logits (B,) and the loss: log loss + listwise_weight * listwise loss +
         retrieval_weight * next-item loss."""
         history = History(*(batch[name] for name in History._fields))
@@ -347,7 +348,8 @@ class BST(nn.Module):
         logits = self.score(history, batch["target"].unsqueeze(1), user, every_position=False).squeeze(1)  # (B,)
         loss = F.binary_cross_entropy_with_logits(logits, batch["label"])
         if self.cfg.listwise_weight > 0 and "group" in batch:
-            loss = loss + self.cfg.listwise_weight * listwise_loss(logits, batch["label"], batch["group"])
+            listed = batch.get("listwise")
+            loss = loss + self.cfg.listwise_weight * listwise_loss(logits, batch["label"], batch["group"], listed)
         # in eval mode without windows (evaluation reads the logits) the next-item term is skipped: over a
         # large catalog its (B*T, N) score matrix is gigabytes (20 GB for 1,024 rows and 100k items)
         if self.cfg.retrieval_weight > 0 and (self.training or "next_items" in batch):
@@ -380,12 +382,13 @@ class BST(nn.Module):
         return next_item_loss(hidden, targets, self.item_vectors(), self.cfg.retrieval_temperature)
 
 
-def listwise_loss(logits: Tensor, labels: Tensor, group: Tensor) -> Tensor:
+def listwise_loss(logits: Tensor, labels: Tensor, group: Tensor, listed: Tensor | None = None) -> Tensor:
     """The ranker's listwise objective: each positive against the negatives of its group (the rows that
     share its history: its sampled and retrieval-mined negatives), -log softmax of the positive over
     [positive; group's negatives] = softplus(logsumexp(negatives) - positive). This is the task the
     served ranker faces, ordering retrieval's candidates for one history, where the log loss scores
-    each row alone. Positives whose group has no negative in the batch take no loss.
+    each row alone. Positives whose group has no negative in the batch take no loss, nor those that
+    `listed` (B,) bool leaves out (the trainer's: outside retrieval's top pool).
     logits (B,), labels (B,) 1/0, group (B,) ids in [0, G) -> scalar."""
     neg = labels < 0.5
     n_groups = int(group.max()) + 1 if len(group) else 0
@@ -396,6 +399,8 @@ def listwise_loss(logits: Tensor, labels: Tensor, group: Tensor) -> Tensor:
     total = torch.zeros_like(top).index_add(0, group[neg], torch.exp(logits[neg] - shift[group[neg]]))  # (G,)
     neg_lse = torch.log(total.clamp(min=torch.finfo(total.dtype).tiny)) + shift  # (G,)
     pos = ~neg & has_neg[group]
+    if listed is not None:
+        pos = pos & listed
     if not bool(pos.any()):
         return logits.sum() * 0.0
     return F.softplus(neg_lse[group[pos]] - logits[pos]).mean()

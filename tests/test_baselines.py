@@ -34,7 +34,7 @@ from training.baselines import (
     catalogue_scorer,
     items_scorer,
 )
-from training.dataset import EncodedLog, Split, leave_one_out, next_item_windows
+from training.dataset import EncodedLog, Split, leave_one_out, mine_hard_negatives, next_item_windows
 from training.evaluate import ctr_metrics, gauc, rank_metrics, score_ranks
 from training.pipeline import TrainReport, build_model
 from training.trainer import BUDGET_CHECK_STEPS, TrainConfig, _Collate, budget_horizon, epoch_examples, fit
@@ -257,6 +257,19 @@ def test_training_batches_group_the_rows_that_share_a_history(
     same_history = np.array([[a == b for b in key] for a in key])
     assert (same_history == (group[:, None] == group[None, :])).all()
     assert len(np.unique(group)) < len(rows)  # some rows did share a history
+    # a positive is listed when its target is in retrieval's top `hard_pool` (seen items excluded)
+    pos = split.train.subset(np.flatnonzero(split.train.label > 0.5)[:300])
+    _, in_pool = mine_hard_negatives(model, data, pos, 1, 20, np.random.default_rng(0))
+    with torch.no_grad():
+        batch = data.batch(pos)
+        model.eval()
+        scores = model.encode_user(History(*(batch[f] for f in History._fields))) @ model.item_vectors().T
+        scores[:, :2] = float("-inf")
+        scores.scatter_(1, batch["items"], float("-inf"))
+        top20 = scores.topk(20, dim=1).indices.numpy()
+    assert (in_pool == (top20 == pos.target[:, None]).any(1)).all() and 0 < in_pool.sum() < len(pos)
+    listed = examples.listwise[examples.label > 0.5]
+    assert 0 < listed.sum() < len(listed)  # epoch 1 listed the in-pool positives only
     result = fit(model, data, split, train, tmp_path)
     assert result.best_epoch >= 1 and 0.5 < result.best_metrics["auc"] <= 1.0
 

@@ -115,24 +115,34 @@ def test_grouped_permutation_keeps_a_positive_and_its_negatives_together() -> No
 
 def test_listwise_loss_is_each_positive_softmaxed_against_its_groups_negatives() -> None:
     """Against a per-group loop: -log(e^pos / (e^pos + sum over the group's negatives)); positives
-    without a negative in their group take no loss; large logits stay finite."""
+    without a negative in their group take no loss, nor those `listed` leaves out (which do not become
+    negatives either); large logits stay finite."""
     gen = torch.Generator().manual_seed(0)
     group = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 4])
     labels = torch.tensor([1, 0, 0, 0, 1, 1, 0, 1, 0, 1, 0], dtype=torch.float32)  # group 2: no negative
-    for scale in (1.0, 300.0):
-        logits = (torch.randn(len(group), generator=gen) * scale).requires_grad_()
-        got = listwise_loss(logits, labels, group)
+
+    def loop(logits: torch.Tensor, listed: torch.Tensor) -> torch.Tensor:
         want = []
         for g in group.unique():
             members = group == g
             negs = logits[members & (labels < 0.5)]
-            for p in logits[members & (labels > 0.5)]:
+            for p in logits[members & (labels > 0.5) & listed]:
                 if len(negs):
                     want.append(torch.logsumexp(torch.cat([p.view(1), negs]), 0) - p)
-        torch.testing.assert_close(got, torch.stack(want).mean())
+        return torch.stack(want).mean()
+
+    everyone = torch.ones(len(group), dtype=torch.bool)
+    for scale in (1.0, 300.0):
+        logits = (torch.randn(len(group), generator=gen) * scale).requires_grad_()
+        got = listwise_loss(logits, labels, group)
+        torch.testing.assert_close(got, loop(logits, everyone))
         assert torch.isfinite(got)
         got.backward()
         assert torch.isfinite(logits.grad).all() and logits.grad[5] == 0  # group 2's lone positive
+    listed = everyone.clone()
+    listed[[0, 7]] = False  # group 0's positive, and one of group 3's two
+    torch.testing.assert_close(listwise_loss(logits, labels, group, listed), loop(logits, listed))
+    assert listwise_loss(logits, labels, group, listed) != listwise_loss(logits, labels, group)
     none = listwise_loss(torch.randn(3, requires_grad=True), torch.zeros(3), torch.tensor([0, 1, 1]))
     assert none.item() == 0.0 and none.requires_grad  # no positive: zero, and still differentiable
 

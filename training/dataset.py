@@ -29,12 +29,19 @@ class Examples:
     target: np.ndarray  # (n,) item index
     label: np.ndarray  # (n,) float32 1/0
     time: np.ndarray  # (n,) request time (the target's timestamp)
+    listwise: np.ndarray | None = None  # (n,) bool: a positive whose group enters the listwise loss (None: all)
+
+    FIELDS = ("user", "end", "target", "label", "time", "listwise")
+
+    def __post_init__(self) -> None:
+        if self.listwise is None:
+            self.listwise = np.ones(len(self.user), bool)
 
     def __len__(self) -> int:
         return len(self.user)
 
     def subset(self, rows: np.ndarray) -> Examples:
-        return Examples(self.user[rows], self.end[rows], self.target[rows], self.label[rows], self.time[rows])
+        return Examples(*(getattr(self, f)[rows] for f in self.FIELDS))
 
     def history_groups(self) -> np.ndarray:
         """(n,) ids in [0, groups): rows with the same history (user and history end: a positive and its
@@ -44,9 +51,7 @@ class Examples:
 
     @staticmethod
     def concat(parts: list[Examples]) -> Examples:
-        return Examples(
-            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("user", "end", "target", "label", "time"))
-        )
+        return Examples(*(np.concatenate([getattr(p, f) for p in parts]) for f in Examples.FIELDS))
 
 
 @dataclass
@@ -307,32 +312,37 @@ def sample_negatives(
 @torch.inference_mode()
 def mine_hard_negatives(
     model: BST, data: EncodedLog, pos: Examples, n: int, pool: int, rng: np.random.Generator, batch_size: int = 1024
-) -> Examples:
+) -> tuple[Examples, np.ndarray]:
     """`n` negatives per positive drawn uniformly from the retrieval head's top-`pool` items for its
-    history (seen items and the target excluded): the candidates the ranker faces when served."""
+    history (seen items and the target excluded): the candidates the ranker faces when served. Also
+    returns, per positive, whether its target is itself among the top `pool` (the served ranker only
+    ever orders such lists). (negatives, in_pool (len(pos),) bool)."""
     if n <= 0 or len(pos) == 0:
-        return pos.subset(np.zeros(0, np.int64))
+        return pos.subset(np.zeros(0, np.int64)), np.zeros(len(pos), bool)
     was_training = model.training
     model.eval()
     vectors = model.item_vectors()  # (N, d)
     pool = min(pool, data.n_items - FIRST_ITEM - 1)
-    draws = []
+    draws, in_pool = [], []
     for lo in range(0, len(pos), batch_size):
         part = pos.subset(np.arange(lo, min(len(pos), lo + batch_size)))
         batch = data.batch(part, model_device(model))
         scores = model.encode_user(History(*(batch[f] for f in History._fields))) @ vectors.T  # (B, N)
         scores[:, :FIRST_ITEM] = float("-inf")
         scores.scatter_(1, batch["items"], float("-inf"))  # the (windowed) history
+        target = scores.gather(1, batch["target"].unsqueeze(1))  # (B, 1)
+        in_pool.append(((scores > target).sum(1) < pool).cpu().numpy())  # the target's rank among unseen items
         scores.scatter_(1, batch["target"].unsqueeze(1), float("-inf"))
         top = scores.topk(pool, dim=1).indices.cpu().numpy()  # (B, pool)
         cols = rng.integers(0, pool, size=(len(part), n))
         draws.append(np.take_along_axis(top, cols, axis=1))
     model.train(was_training)
     reps = pos.subset(np.repeat(np.arange(len(pos)), n))
-    return Examples(
+    negatives = Examples(
         reps.user,
         reps.end,
         np.concatenate(draws).reshape(-1).astype(np.int64),
         np.zeros(len(reps), np.float32),
         reps.time,
     )
+    return negatives, np.concatenate(in_pool)

@@ -125,7 +125,10 @@ class _Collate:
         rows, wrows = chunk[0]
         examples = self.examples.subset(rows)
         batch = self.data.batch(examples)
-        batch["group"] = torch.from_numpy(examples.history_groups())  # the listwise loss's lists
+        # the listwise loss's lists: rows sharing a history share a group; positives not to be listed are
+        # left out by the model (`listwise`)
+        batch["group"] = torch.from_numpy(examples.history_groups())
+        batch["listwise"] = torch.from_numpy(np.asarray(examples.listwise))
         if self.windows is not None:
             inputs, targets = self.windows.inputs[wrows], self.windows.targets[wrows]  # (S, L) each
             filled = np.flatnonzero(inputs.any(0))
@@ -196,7 +199,14 @@ def epoch_examples(
     if cfg.real_negatives != "only":
         parts.append(sample_negatives(data, pos, cfg.negatives, rng, cfg.negative_sampling, split.popularity))
     if isinstance(model, BST) and epoch > 0 and cfg.hard_negatives > 0:
-        parts.append(mine_hard_negatives(model, data, pos, cfg.hard_negatives, cfg.hard_pool, rng))
+        mined, in_pool = mine_hard_negatives(model, data, pos, cfg.hard_negatives, cfg.hard_pool, rng)
+        parts.append(mined)
+        # the listwise loss takes only the lists the served ranker faces: a positive inside retrieval's
+        # top `hard_pool`, against that pool. Taking every positive against its mined negatives taught the
+        # ranker that a high retrieval score means "not clicked" (most training positives lie outside the
+        # pool, below the negatives mined from it): served NDCG@10 on validation fell at every depth
+        # (Amazon Beauty, seed 0: 0.0516 at K = 50 against the log loss alone's 0.0691; README, Results)
+        parts[0] = Examples(pos.user, pos.end, pos.target, pos.label, pos.time, in_pool)
     return Examples.concat(parts)
 
 
