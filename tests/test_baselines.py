@@ -272,6 +272,9 @@ def test_training_batches_group_the_rows_that_share_a_history(
     assert 0 < listed.sum() < len(listed)  # epoch 1 listed the in-pool positives only
     result = fit(model, data, split, train, tmp_path)
     assert result.best_epoch >= 1 and 0.5 < result.best_metrics["auc"] <= 1.0
+    # the cosine schedule ends at the last step taken: the first epoch, without mined negatives, is shorter
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["horizon"] == ckpt["scheduler"]["last_epoch"]
 
 
 def test_the_time_budget_cuts_an_epoch_short(encoded: tuple[EncodedLog, ModelConfig], tmp_path: Path) -> None:

@@ -172,6 +172,11 @@ def grouped_permutation(examples: Examples, rng: np.random.Generator) -> np.ndar
     return np.lexsort((rng.random(len(examples)), rank))
 
 
+def steps(n_examples: int, batch_size: int) -> int:
+    """Training steps an epoch of `n_examples` takes (the last batch may be short)."""
+    return max(1, math.ceil(n_examples / batch_size))
+
+
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """Linear warm-up to 1, then cosine decay to `min_ratio` at `total`."""
     if step < warmup:
@@ -302,11 +307,12 @@ def fit(
     # against 11.7 ms for the default per-tensor loop (ad hoc, 200 steps)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     n_pos = int((split.train.label > 0.5).sum())
-    n_train = len(epoch_examples(data, split, cfg, 0)) + n_pos * cfg.hard_negatives
-    steps_per_epoch = max(1, math.ceil(n_train / cfg.batch_size))
+    n_first = len(epoch_examples(data, split, cfg, 0))  # the first epoch has no mined negatives yet
+    n_later = n_first + (n_pos * cfg.hard_negatives if isinstance(model, BST) else 0)
     # the schedule's last step: `epochs` full epochs, shortened after each epoch to what the time budget
-    # allows (`budget_horizon`), so a budget-bound run still ends its cosine decay
-    horizon = [cfg.epochs * steps_per_epoch]
+    # allows (`budget_horizon`), so a budget-bound run still ends its cosine decay. (Until stop 23 every
+    # epoch was counted with mined negatives, so a run of all its epochs ended before the decay did.)
+    horizon = [steps(n_first, cfg.batch_size) + (cfg.epochs - 1) * steps(n_later, cfg.batch_size)]
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, cfg.warmup_steps, horizon[0], cfg.min_lr_ratio)
     )
