@@ -110,7 +110,8 @@ SAMPLED_KEYS = ("sampled_hr@10", "sampled_ndcg@10")
 Results = dict[str, dict[str, float]]  # model -> metric -> value
 COST_KEYS = ("train_seconds", "examples_per_second", "best_epoch")
 VALID_KEYS = ("valid_auc", "valid_ndcg@10")  # the chosen epoch's validation metrics: what selection saw
-DEPTH_KEYS = ("served_depth", "valid_served_ndcg@10")  # the serving depth K chosen on validation, and its score
+DEPTH_KEYS = ("served_depth", "served_blend", "valid_served_ndcg@10")  # K and w chosen on validation, and the score
+DEPTH_KEYS_0 = ("valid_served_ndcg@10_w0",)  # the same depth with the ranker alone (blend 0), on validation
 HEADERS = {
     "auc": "AUC",
     "gauc": "GAUC",
@@ -123,6 +124,8 @@ HEADERS = {
     "valid_auc": "valid AUC",
     "valid_ndcg@10": "valid NDCG@10",
     "served_depth": "K",
+    "served_blend": "w",
+    "valid_served_ndcg@10_w0": "valid served NDCG@10, w = 0",
     "valid_served_ndcg@10": "valid served NDCG@10",
 }
 
@@ -211,8 +214,11 @@ def score_bst(report: TrainReport, ts: TestSet, check: bool, precisions: Sequenc
     rec = Recommender.load(report.artifact)
     served = full(served_ranks(rec, data, ts.positives), ("hr@10", "ndcg@10"))
     chosen = rec.artifact.manifest.get("serving", {}).get("validation", {}).get(str(rec.retrieval_depth), {})
-    depth = {"served_depth": float(rec.retrieval_depth)} | (
-        {"valid_served_ndcg@10": chosen["ndcg@10"]} if "ndcg@10" in chosen else {}
+    alone = rec.artifact.manifest.get("serving", {}).get("grid", {}).get("0.0", {}).get(str(rec.retrieval_depth), {})
+    depth = (
+        {"served_depth": float(rec.retrieval_depth), "served_blend": rec.retrieval_blend}
+        | ({"valid_served_ndcg@10": chosen["ndcg@10"]} if "ndcg@10" in chosen else {})
+        | ({"valid_served_ndcg@10_w0": alone["ndcg@10"]} if "ndcg@10" in alone else {})
     )
     ranker = ts.ctr(ctr_logits(bst, data, ts.pairs), calibrated=True)
     if check:
@@ -351,6 +357,8 @@ def cell(means: dict[str, float], stds: dict[str, float], key: str, n_seeds: int
         return "–"
     if key == "examples_per_second":
         return f"{means[key]:,.0f}"
+    if key == "served_blend":
+        return f"{means[key]:.2f}" + (f" ± {stds[key]:.2f}" if n_seeds > 1 else "")
     if key in ("train_seconds", "best_epoch", "served_depth"):
         return f"{means[key]:.1f}" + (f" ± {stds[key]:.1f}" if n_seeds > 1 else "")
     return f"{means[key]:.4f}" + (f" ± {stds[key]:.4f}" if n_seeds > 1 else "")
@@ -401,16 +409,31 @@ def render(dataset: str, means: dict, stds: dict, seeds: list[int], notes: dict)
             n,
         ),
         table("Validation, the chosen epoch (model selection saw only these)", VALID_KEYS, means, stds, rows, n),
-        table("Serving depth K, chosen on validation (served NDCG@10 at that depth)", DEPTH_KEYS, means, stds, rows, n),
+        table(
+            "Serving depth K and blend weight w, chosen on validation (served NDCG@10 there, and at the same K "
+            "with the ranker's order alone)",
+            DEPTH_KEYS + DEPTH_KEYS_0,
+            means,
+            stds,
+            rows,
+            n,
+        ),
         table("Training cost", COST_KEYS, means, stds, rows, n),
     ]
     for seed in (s for s in seeds if "serving" in notes[s]):
         scores = notes[seed]["serving"]["validation"]
         parts.append(
-            f"seed {seed}: served NDCG@10 on validation by depth: "
+            f"seed {seed}: served NDCG@10 on validation by depth (at the chosen blend): "
             + ", ".join(f"{d}: {scores[d]['ndcg@10']:.4f}" for d in sorted(scores, key=int))
             + f" -> K = {notes[seed]['serving']['retrieval_depth']}"
+            + f", w = {notes[seed]['serving'].get('retrieval_blend', 0.0):g}"
         )
+        grid = notes[seed]["serving"].get("grid", {})
+        for w in sorted(grid, key=float):
+            parts.append(
+                f"seed {seed}, blend w = {float(w):g}: "
+                + ", ".join(f"{d}: {grid[w][d]['ndcg@10']:.4f}" for d in sorted(grid[w], key=int))
+            )
     if "itemknn" in first:
         parts.append("itemknn (picked on validation): " + ", ".join(str(notes[s].get("itemknn")) for s in seeds))
     return "\n\n".join(parts)

@@ -79,6 +79,12 @@ class Artifact:
         depth = self.manifest.get("serving", {}).get("retrieval_depth")
         return int(depth) if depth else None
 
+    @property
+    def retrieval_blend(self) -> float:
+        """The weight of retrieval's opinion in the served order, chosen on validation at export
+        (`serving.retrieval_blend`; `recsys.recommender.blend_order`); 0, the ranker alone, if none."""
+        return float(self.manifest.get("serving", {}).get("retrieval_blend", 0.0))
+
 
 def sha256(path: Path) -> str:
     h = hashlib.sha256()

@@ -92,6 +92,43 @@ class FreshItems:
         return len(self.ids)
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """One batch's candidates in retrieval's order, with both stages' scores (`Recommender.candidates`)."""
+
+    items: np.ndarray  # (B, C) candidate indices, best retrieved first; 0 = padding (a short row)
+    logits: np.ndarray  # (B, C) float32 ranker logits
+    # (B, C) float32 retrieval's inner product minus the user's best over the catalogue (<= 0 for catalogue
+    # items): retrieval's log-odds against its own first choice. None when no blend needs it
+    retrieval: np.ndarray | None
+
+    def prefix(self, depth: int) -> Candidates:
+        """The candidates a request of this depth would have ranked: each row's first `depth` (the ranker
+        scores each candidate on its own, so their logits do not change)."""
+        r = None if self.retrieval is None else self.retrieval[:, :depth]
+        return Candidates(self.items[:, :depth], self.logits[:, :depth], r)
+
+
+def blend_order(found: Candidates, weight: float, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The served order of each row's candidates, best first, cut to k: (item indices, scores).
+
+    The score is sigmoid(logit + w * (r - r_max)): r is retrieval's inner product with the item, r_max its
+    best over the whole catalogue for this user (the FAISS index's first hit, seen items included), so
+    r - r_max <= 0 is retrieval's log-odds against its own first choice and depends on neither the
+    request's filters nor its depth. w = 0 is the ranker's click probability alone; a larger w lets
+    retrieval's confidence reorder what the ranker is unsure about (w chosen on validation at export).
+    A blended score stays in (0, 1) and, for catalogue items, at most the ranker's probability. Ties keep
+    retrieval's order."""
+    valid = found.items >= FIRST_ITEM
+    logits = torch.from_numpy(found.logits)
+    if weight:
+        assert found.retrieval is not None, "a blend needs the candidates' retrieval scores"
+        logits = logits + weight * torch.from_numpy(np.where(valid, found.retrieval, 0.0).astype(np.float32))
+    probs = np.where(valid, torch.sigmoid(logits).numpy(), -np.inf)  # (B, C)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [(found.items[b, order[b]], probs[b, order[b]]) for b in range(len(found.items))]
+
+
 class Recommender:
     """A loaded artifact plus the request-time logic around it. Thread-safe for concurrent calls."""
 
@@ -103,9 +140,13 @@ class Recommender:
         scorer: Literal["fast", "reference"] = "fast",
         precision: Literal["fp32", "bf16", "int8"] = "fp32",
         state_cache: int = DEFAULT_STATE_CACHE,
+        retrieval_blend: float | None = None,
     ):
         """`retrieval_depth`: candidates retrieved and ranked when a request names none; None = the depth
         the artifact chose on validation at export (`serving.retrieval_depth`), else 200.
+        `retrieval_blend`: the weight w of retrieval's opinion in the served order (`blend_order`); None =
+        the weight the artifact chose on validation at export (`serving.retrieval_blend`), else 0 (the
+        ranker alone).
         `state_cache`: users whose fast-path state (retrieval vector, history keys and values, the
         request's MLP part) is kept between requests (`recsys.fast.StateCache`; 0 = off).
         `precision="bf16"`: the fast ranker runs on a bfloat16 copy of the weights; `"int8"`: its
@@ -136,6 +177,13 @@ class Recommender:
         self.retriever: Retriever = retriever or art.index
         # the default depth: the caller's, else the one chosen on validation at export, else 200
         self.retrieval_depth = retrieval_depth or art.retrieval_depth or DEFAULT_RETRIEVAL_DEPTH
+        self.retrieval_blend = art.retrieval_blend if retrieval_blend is None else float(retrieval_blend)
+        if not 0 <= self.retrieval_blend < float("inf"):
+            raise InvalidArgument(
+                f"retrieval_blend={self.retrieval_blend}: the blend weight must be finite and >= 0; fix: 0 (the "
+                "ranker alone) or a positive weight such as the one chosen at export"
+            )
+        self._vectors = torch.from_numpy(np.ascontiguousarray(art.item_vectors, dtype=np.float32))  # (N, d)
         self.version = art.version
         self.created_at = str(art.manifest["created_at"])
         self.n_items = int(art.manifest["catalog_size"])
@@ -212,10 +260,17 @@ class Recommender:
         personal = [i for i, s in enumerate(seen) if len(s)]
         out: list[Recommendation | None] = [None] * len(users)
         if personal:
-            ranked = self._retrieve_and_rank(
-                [users[i] for i in personal], [excluded[i] for i in personal], k, depth, allow, times[personal], fresh
+            w = self.retrieval_blend
+            found = self._candidates(
+                [users[i] for i in personal],
+                [excluded[i] for i in personal],
+                depth,
+                allow,
+                times[personal],
+                fresh,
+                w > 0,
             )
-            for i, (idx, scores) in zip(personal, ranked, strict=True):
+            for i, (idx, scores) in zip(personal, blend_order(found, w, k), strict=True):
                 out[i] = self._answer(idx, scores, excluded[i], allow, k, "personalised", fresh)
         for i, rec in enumerate(out):
             if rec is None:
@@ -314,23 +369,40 @@ class Recommender:
             known = np.concatenate([known, np.asarray(extra, dtype=np.int64)])
         return np.unique(known)
 
-    def _retrieve_and_rank(
+    def candidates(self, users: Sequence[UserState], depth: int, now: float | Sequence[float]) -> Candidates:
+        """What `recommend_batch` orders for these users (seen items excluded, no other filter), with both
+        stages' scores: the served top k at any depth d <= `depth` and blend weight w is `blend_order` of
+        the first d candidates of each row (`Candidates.prefix`), as offline evaluation uses it to choose the
+        serving depth and weight at export (`training.evaluate.choose_serving`)."""
+        if not 1 <= depth <= MAX_RETRIEVAL_DEPTH:
+            raise InvalidArgument(f"depth={depth} is out of range; fix: 1 <= depth <= {MAX_RETRIEVAL_DEPTH}")
+        times = np.broadcast_to(np.asarray(now, dtype=np.float64), (len(users),))
+        excluded = [self._lookup_known([e.item_id for e in u.history]) for u in users]
+        return self._candidates(users, excluded, depth, None, times, None, True)
+
+    def _candidates(
         self,
         users: Sequence[UserState],
         excluded: list[np.ndarray],
-        k: int,
         depth: int,
         allow: np.ndarray | None,
         now: np.ndarray,
         fresh: FreshItems | None = None,
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        blend: bool = False,
+    ) -> Candidates:
+        """Retrieve (or take the allowed items), drop each user's exclusions, keep `depth`, and score them
+        with the ranker (and, with `blend`, with retrieval's inner product too), in retrieval's order."""
         hist = self.featurizer.encode_states(users, now)
         user, state = self._prepare(hist)  # (B, d) and the ranker's per-request part
+        best: np.ndarray | None = None  # (B,) each user's best retrieval score over the catalogue, for a blend
         if allow is not None:  # rank exactly the allowed items, minus each user's exclusions
             rows = [allow[~np.isin(allow, ex)] for ex in excluded]
+            if blend:
+                best = self.retriever.search(user.float().numpy(), 1)[0][:, 0]
         else:  # over-fetch by the excluded count so that `depth` candidates survive the filter
             extra = max(len(ex) for ex in excluded)
             scores, found = self.retriever.search(user.float().numpy(), min(depth + extra, self.n_items))
+            best = scores[:, 0].copy()
             if fresh is not None:  # new items compete on the same inner product, by brute force
                 with torch.no_grad():
                     top = (user.float() @ fresh.vectors.T).topk(min(depth + extra, len(fresh)), dim=1)  # (B, n')
@@ -346,10 +418,21 @@ class Recommender:
             logits = self._score_fresh(cands, fresh, state)
         else:
             logits = self._rank_logits(hist, torch.from_numpy(cands), user, state)
-        probs = torch.sigmoid(logits).numpy()  # (B, width)
-        probs = np.where(cands >= FIRST_ITEM, probs, -np.inf)
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        return [(cands[b, order[b]], probs[b, order[b]]) for b in range(len(users))]
+        retrieval = None
+        if blend and best is not None:
+            retrieval = self._retrieval_scores(user, cands, fresh) - best[:, None].astype(np.float32)  # (B, C)
+        return Candidates(cands, logits.float().numpy(), retrieval)
+
+    def _retrieval_scores(self, user: Tensor, cands: np.ndarray, fresh: FreshItems | None) -> np.ndarray:
+        """(B, C) inner products of the users' retrieval vectors with their candidates' item vectors: the
+        scores FAISS ranked them by (exactly, for the flat and IVF indexes)."""
+        base = len(self.featurizer.items)
+        vecs = self._vectors[torch.from_numpy(np.where(cands < base, cands, 0))]  # (B, C, d)
+        if fresh is not None and (cands >= base).any():
+            where = torch.from_numpy(cands >= base)
+            vecs[where] = fresh.vectors[torch.from_numpy(cands[cands >= base] - base)].float()
+        with torch.no_grad():
+            return torch.einsum("bd,bcd->bc", user.float(), vecs).numpy()  # (B, C)
 
     def _prepare(self, hist: History) -> tuple[Tensor, RankState | None]:
         """The retrieval vectors (B, d) and, on the fast path, the ranking state (through the state

@@ -75,6 +75,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--state-cache", type=int, help=f"users whose ranking state is kept, 0 = off (default {d.state_cache})"
     )
+    p.add_argument(
+        "--retrieval-blend",
+        type=float,
+        help="weight of retrieval's opinion in Recommend's order: -1 = the artifact's choice, 0 = the ranker alone "
+        f"(default {d.retrieval_blend})",
+    )
     return p.parse_args(argv)
 
 

@@ -208,6 +208,7 @@ def _run(client: RecommenderClient, args: argparse.Namespace) -> str:
         f"created_at     {info.created_at}",
         f"catalog_size   {info.catalog_size}",
         f"retrieval_depth {info.default_retrieval_depth}",
+        f"retrieval_blend {info.retrieval_blend:g}",
     ]
     lines += [f"{name:<14} {value:.4f}" for name, value in sorted(info.metrics.items())]
     return "\n".join(lines)

@@ -100,6 +100,10 @@ class ServerConfig:
     # part) is kept between requests, keyed by the encoded history itself (exact; recsys.fast.StateCache);
     # about 15 KB a user at the default sizes; 0 = off. It lives with the model: a reload starts it empty.
     state_cache: int = 4096
+    # the weight of retrieval's opinion in Recommend's order (recsys.recommender.blend_order; GetModelInfo's
+    # retrieval_blend): -1 = the weight the artifact chose on validation at export; 0 = the ranker's order
+    # and click probabilities alone (Recommend's scores then equal Rank's); applies to every model reloaded
+    retrieval_blend: float = -1.0
 
     def __post_init__(self) -> None:
         tokens = (*self.write_tokens, *self.read_tokens)
@@ -118,6 +122,11 @@ class ServerConfig:
             ("cache_size", self.cache_size >= 0, "use >= 0 (0 disables the cache)"),
             ("cache_ttl", self.cache_ttl >= 0, "use >= 0 seconds"),
             ("state_cache", self.state_cache >= 0, "use >= 0 (0 disables the ranking-state cache)"),
+            (
+                "retrieval_blend",
+                self.retrieval_blend == -1 or 0 <= self.retrieval_blend < float("inf"),
+                "use -1 (the artifact's choice), 0 (the ranker alone) or a positive weight",
+            ),
             ("max_concurrent", self.max_concurrent >= 1, "use >= 1"),
             ("reload_interval", self.reload_interval >= 0, "use >= 0 seconds (0 disables polling)"),
             ("log_level", self.log_level in LOG_LEVELS, f"use one of {', '.join(LOG_LEVELS)}"),

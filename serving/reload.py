@@ -58,11 +58,12 @@ class ModelOptions(TypedDict, total=False):
     scorer: Literal["fast", "reference"]
     precision: Literal["fp32", "bf16", "int8"]
     state_cache: int
+    retrieval_blend: float | None
 
 
 def load_and_warm(path: Path, options: ModelOptions | None = None) -> Recommender:
     """`Recommender.load` + `warm_up`; either failing is an `ArtifactError` naming the version.
-    `options`: Recommender keyword arguments (scorer, precision, state_cache)."""
+    `options`: Recommender keyword arguments (scorer, precision, state_cache, retrieval_blend)."""
     model = Recommender.load(path, **(options or {}))
     try:
         warm_up(model)

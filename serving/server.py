@@ -146,6 +146,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             catalog_size=info.catalog_size,
             metrics=dict(info.metrics),
             default_retrieval_depth=info.default_retrieval_depth,
+            retrieval_blend=info.retrieval_blend,
         )
 
 
@@ -254,6 +255,7 @@ async def build_server(config: ServerConfig) -> App:
             "scorer": "reference" if config.scorer == "reference" else "fast",
             "precision": cast(Literal["fp32", "bf16", "int8"], config.precision),
             "state_cache": config.state_cache,
+            "retrieval_blend": None if config.retrieval_blend == -1 else config.retrieval_blend,
         }
         recommender = await asyncio.to_thread(load_and_warm, Path(config.artifact), options)
         if urlsplit(config.features).scheme == "memory":

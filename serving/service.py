@@ -65,6 +65,7 @@ class ModelInfo:
     catalog_size: int
     metrics: Mapping[str, float]
     default_retrieval_depth: int  # what Recommend retrieves when a request names no depth
+    retrieval_blend: float  # the weight of retrieval's opinion in Recommend's order (recsys.recommender.blend_order)
 
 
 class RecommendationService:
@@ -224,6 +225,7 @@ class RecommendationService:
             catalog_size=model.n_items,
             metrics=dict(model.metrics),
             default_retrieval_depth=model.retrieval_depth,
+            retrieval_blend=model.retrieval_blend,
         )
 
     def _read_user(self, user_id: str, method: str) -> tuple[UserState, str]:

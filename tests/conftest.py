@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -58,7 +58,7 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m serving` in a real subprocess on a loopback port."""
 
-    def __init__(self, artifact: Path, features: str, port: int):
+    def __init__(self, artifact: Path, features: str, port: int, extra: Sequence[str] = ()):
         self.port = port
         self.target = f"127.0.0.1:{port}"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -75,6 +75,7 @@ class ServerProcess:
                 str(port),
                 "--host",
                 "127.0.0.1",
+                *extra,
             ],
             cwd=ROOT,
             env=env,
@@ -110,8 +111,8 @@ class ServerProcess:
 def server_factory() -> Iterator[Callable[..., "ServerProcess"]]:
     started: list[ServerProcess] = []
 
-    def start(artifact: Path, features: str = "memory://") -> ServerProcess:
-        s = ServerProcess(artifact, features, free_port())
+    def start(artifact: Path, features: str = "memory://", *extra: str) -> ServerProcess:
+        s = ServerProcess(artifact, features, free_port(), extra)
         started.append(s)
         s.wait_ready()
         return s

@@ -108,11 +108,16 @@ def test_bench_quality_scores_the_int8_and_bf16_servers_beside_fp32_and_auc_on_e
     assert 0 < fitted["valid_auc"] <= 1 and 0 <= fitted["valid_ndcg@10"] <= 1
     assert "valid_auc" not in report["per_seed"]["0"]["popular"]  # nothing was selected for it
     assert "### Validation, the chosen epoch" in done.stdout
-    # the serving depth the export chose on validation, and what it scored there
+    # the serving depth and blend the export chose on validation, what they scored there, and the ranker alone
     assert fitted["served_depth"] in (10, 20, 50, 100, 200) and 0 <= fitted["valid_served_ndcg@10"] <= 1
-    assert "### Serving depth K, chosen on validation" in done.stdout
-    assert report["notes"]["0"]["serving"]["retrieval_depth"] == fitted["served_depth"]
-    assert "validation by depth: 10: " in done.stdout and f"-> K = {int(fitted['served_depth'])}" in done.stdout
+    assert fitted["served_blend"] in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0) and 0 <= fitted["valid_served_ndcg@10_w0"] <= 1
+    assert "### Serving depth K and blend weight w, chosen on validation" in done.stdout
+    serving = report["notes"]["0"]["serving"]
+    assert (serving["retrieval_depth"], serving["retrieval_blend"]) == (fitted["served_depth"], fitted["served_blend"])
+    assert serving["grid"]["0.0"][str(int(fitted["served_depth"]))]["ndcg@10"] == fitted["valid_served_ndcg@10_w0"]
+    assert "validation by depth (at the chosen blend): 10: " in done.stdout
+    assert f"-> K = {int(fitted['served_depth'])}, w = {fitted['served_blend']:g}" in done.stdout
+    assert "blend w = 0: 10: " in done.stdout
 
 
 def test_bench_memory_generator_writes_a_time_ordered_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,9 +17,9 @@ from recsys.config import apply_overrides
 from recsys.errors import ArtifactError, InvalidArgument
 from recsys.features import Event, UserState
 from recsys.index import ExactRetriever, FaissRetriever, IndexConfig, recall_at
-from recsys.recommender import DEFAULT_RETRIEVAL_DEPTH, Recommender
+from recsys.recommender import DEFAULT_RETRIEVAL_DEPTH, Recommender, blend_order
 from training.dataset import leave_one_out
-from training.evaluate import choose_depth
+from training.evaluate import choose_serving, served_metrics, user_states
 from training.trainer import TrainConfig
 
 
@@ -88,25 +88,81 @@ def test_artifact_round_trip_and_latest_pointer(trained) -> None:
     assert all(not p.name.endswith((".pt", ".pkl", ".pickle")) for p in trained.artifact.iterdir())
 
 
-def test_the_export_serves_at_the_depth_that_scored_best_on_validation(trained, tmp_path: Path) -> None:
+def test_the_export_serves_at_the_depth_and_blend_that_scored_best_on_validation(trained, tmp_path: Path) -> None:
     serving = json.loads((trained.artifact / "manifest.json").read_text())["serving"]
-    table = {int(d): m for d, m in serving["validation"].items()}
-    assert sorted(table) == list(TrainConfig().serve_depths)
-    best = max(table.values(), key=lambda m: m["ndcg@10"])["ndcg@10"]
-    assert serving["retrieval_depth"] == min(d for d, m in table.items() if m["ndcg@10"] == best)  # ties: smaller
-    # the table is the served pipeline's own on the validation clicks (all of them on this small log)
+    grid = {float(w): {int(d): m for d, m in by_depth.items()} for w, by_depth in serving["grid"].items()}
+    cfg = TrainConfig()
+    assert sorted(grid) == sorted(cfg.serve_blends) and all(sorted(t) == list(cfg.serve_depths) for t in grid.values())
+    best = max(m["ndcg@10"] for t in grid.values() for m in t.values())
+    tied = [(d, w) for w, t in grid.items() for d, m in t.items() if m["ndcg@10"] == best]
+    assert (serving["retrieval_depth"], serving["retrieval_blend"]) == min(tied)  # ties: smaller depth, then weight
+    assert serving["validation"] == {str(d): m for d, m in grid[serving["retrieval_blend"]].items()}
+    # the grid is the served pipeline's own on the validation clicks (all of them on this small log): every
+    # cell equals what recommend_batch serves at that depth and weight, one pass through it per cell
     valid = leave_one_out(trained.data).valid
-    depth, again = choose_depth(Recommender.load(trained.artifact), trained.data, valid, TrainConfig().serve_depths)
-    assert depth == serving["retrieval_depth"] and again == table
-    # the recommender serves at it unless told otherwise; an artifact without the entry keeps 200
-    assert Recommender.load(trained.artifact).retrieval_depth == depth
+    for w in (0.0, 1.0, 4.0):
+        rec = Recommender.load(trained.artifact, retrieval_blend=w)
+        for d in (10, 50, 200):
+            assert served_metrics(rec, trained.data, valid, depth=d) == pytest.approx(grid[w][d], abs=1e-12), (w, d)
+    depth, blend, again = choose_serving(
+        Recommender.load(trained.artifact), trained.data, valid, cfg.serve_depths, cfg.serve_blends
+    )
+    assert (depth, blend) == (serving["retrieval_depth"], serving["retrieval_blend"]) and again == grid
+    # the recommender serves at them unless told otherwise; an artifact without the entry keeps 200 and 0
+    rec = Recommender.load(trained.artifact)
+    assert (rec.retrieval_depth, rec.retrieval_blend) == (depth, blend)
     assert Recommender.load(trained.artifact, retrieval_depth=50).retrieval_depth == 50
     old = tmp_path / trained.artifact.name
     shutil.copytree(trained.artifact, old)
     manifest = json.loads((old / "manifest.json").read_text())
     del manifest["serving"]
     (old / "manifest.json").write_text(json.dumps(manifest))
-    assert Recommender.load(old).retrieval_depth == DEFAULT_RETRIEVAL_DEPTH
+    assert (Recommender.load(old).retrieval_depth, Recommender.load(old).retrieval_blend) == (
+        DEFAULT_RETRIEVAL_DEPTH,
+        0,
+    )
+    with pytest.raises(InvalidArgument, match="retrieval_blend"):
+        Recommender.load(old, retrieval_blend=-1.0)
+
+
+def test_the_blend_orders_by_ranker_and_retrieval_together_and_keeps_scores_probabilities(trained) -> None:
+    rec = Recommender.load(trained.artifact)
+    valid = leave_one_out(trained.data).valid.subset(np.arange(40))
+    states = user_states(trained.data, valid, 200)
+    found = rec.candidates(states, 60, valid.time.astype(np.float64))
+    assert found.retrieval is not None and found.items.shape == found.logits.shape == found.retrieval.shape
+    real = found.items >= 2
+    # the retrieval scores are the inner products FAISS ranked by, less the user's best over the catalogue
+    # (seen items included): each row in retrieval's order, and equal to the reference retriever's
+    exact = ExactRetriever(rec.artifact.item_vectors)
+    for b, state in enumerate(states):
+        row = found.items[b][real[b]]
+        assert np.all(np.diff(found.retrieval[b][real[b]]) <= 1e-6)
+        user = rec.model.encode_user(rec.featurizer.encode_states([state], float(valid.time[b])))
+        scores, idx = exact.search(user.detach().numpy(), rec.n_items)
+        by_item = dict(zip(idx.tolist()[0], (scores[0] - scores[0].max()).tolist(), strict=True))
+        np.testing.assert_allclose(found.retrieval[b][real[b]], [by_item[i] for i in row.tolist()], atol=1e-4)
+        assert not set(row.tolist()) & {rec.featurizer.items.lookup([e.item_id])[0] for e in state.history}
+    ranker_p = torch.sigmoid(torch.from_numpy(found.logits)).numpy()
+    # w = 0: the ranker's order exactly; a large w: retrieval's, but where the ranker disagrees by more than
+    # w times retrieval's log-probability gap
+    spread = float(found.logits[real].max() - found.logits[real].min())
+    for w, follows, slack in ((0.0, found.logits, 0.0), (20.0, found.retrieval, spread / 20.0)):
+        for b, (idx, _) in enumerate(blend_order(found, w, 10)):
+            key = dict(zip(found.items[b].tolist(), follows[b].tolist(), strict=True))
+            assert np.all(np.diff([key[i] for i in idx.tolist()]) <= slack + 1e-5), (w, b)
+    for b, (idx, scores) in enumerate(blend_order(found, 1.0, 10)):
+        p = dict(zip(found.items[b].tolist(), ranker_p[b].tolist(), strict=True))
+        assert np.all(np.diff(scores) <= 0) and np.all((scores > 0) & (scores < 1))
+        excess = max(s - p[i] for i, s in zip(idx.tolist(), scores.tolist(), strict=True))
+        assert excess <= 1e-5, excess  # r - r_max <= 0 (up to FAISS against torch rounding)
+    # what recommend_batch serves is blend_order of these candidates at the recommender's depth and weight
+    for w in (0.0, 1.0):
+        served = Recommender.load(trained.artifact, retrieval_depth=60, retrieval_blend=w)
+        answers = served.recommend_batch(states, 10, now=valid.time.astype(np.float64))
+        for answer, (idx, scores) in zip(answers, blend_order(found, w, 10), strict=True):
+            assert [x.item_id for x in answer.items] == rec.featurizer.items.decode(idx)
+            np.testing.assert_allclose([x.score for x in answer.items], scores, rtol=1e-5)
 
 
 @pytest.mark.parametrize("depths", ["[5]", "[10,5000]"])

@@ -96,8 +96,9 @@ def test_invalid_requests_name_the_field_and_the_server_stays_up(trained, server
         assert client.recommend("u00001", k=5).personalised
         info = client.info()
         assert info.model_version == trained.artifact.name and info.catalog_size == 200
-        chosen = json.loads((trained.artifact / "manifest.json").read_text())["serving"]["retrieval_depth"]
-        assert info.default_retrieval_depth == chosen  # the depth the export chose on validation
+        chosen = json.loads((trained.artifact / "manifest.json").read_text())["serving"]
+        assert info.default_retrieval_depth == chosen["retrieval_depth"]  # the depth the export chose on validation
+        assert info.retrieval_blend == chosen["retrieval_blend"]  # and the blend weight
 
 
 def test_served_scores_equal_the_in_memory_model(trained, server_factory) -> None:
@@ -212,7 +213,9 @@ def test_rank_scores_items_added_after_training_from_their_stored_features(train
         for col, vocab, table in zip(feats.item_columns, feats.item_side, feats.side_tables, strict=True)
     }
     store.put_item("e2e-new-item", raw)
-    server = server_factory(trained.artifact, url)
+    # the ranker's order alone (no blend of retrieval into Recommend's scores), so Recommend's score of an item
+    # is Rank's
+    server = server_factory(trained.artifact, url, "--retrieval-blend", "0")
     known = feats.items.tokens[2:5]
     with RecommenderClient(server.target) as client:
         # one request time for every call below: the history's time-gap buckets (two per octave of seconds)
@@ -221,6 +224,7 @@ def test_rank_scores_items_added_after_training_from_their_stored_features(train
         client.record("e2e-new", [(known[0], at - 600, "click")])
         ranked = client.rank("e2e-new", ["e2e-new-item", *known], request_time=at)
         assert len(ranked.scores) == 4 and all(0.0 < s < 1.0 for s in ranked.scores)
+        assert client.info().retrieval_blend == 0.0
         with pytest.raises(grpc.RpcError) as err:
             client.rank("e2e-new", ["e2e-new-item", "e2e-no-features"])
         assert err.value.code() == grpc.StatusCode.NOT_FOUND

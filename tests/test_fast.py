@@ -163,8 +163,9 @@ def test_items_added_after_training_are_scored_from_their_side_features(trained)
 def test_items_added_after_training_compete_in_recommend(trained) -> None:
     """Fresh items (outside the vocabulary, with side features) are retrieved beside the catalogue and get
     exactly the score Rank gives them; seen, denied and unavailable fresh items are left out, allow-lists
-    admit them, and a snapshot built for another model version is ignored."""
-    rec = Recommender.load(trained.artifact)
+    admit them, and a snapshot built for another model version is ignored. (Blend 0: the ranker's order and
+    probabilities alone; a blend tempers Recommend's scores with retrieval's, see recsys.recommender.)"""
+    rec = Recommender.load(trained.artifact, retrieval_blend=0.0)
     feats = rec.featurizer
     raw = {
         col: "|".join(vocab.tokens[v] for v in table[7] if v > 0)

@@ -62,6 +62,7 @@ def test_flags_override_env_override_toml_override_defaults(tmp_path: Path) -> N
         ("", {"RECSYS_WORKERS": "many"}, "environment variable RECSYS_WORKERS: 'many' is not an integer"),
         ("", {"RECSYS_CACHE_SIZE": "-1"}, "cache_size=-1 is invalid"),
         ("parallel_min_mflop = -5.0\n", {}, "parallel_min_mflop=-5.0 is invalid"),
+        ("", {"RECSYS_RETRIEVAL_BLEND": "-0.5"}, "retrieval_blend=-0.5 is invalid; fix: use -1 (the artifact's"),
     ],
 )
 def test_bad_configuration_exits_2_with_one_line(

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from recsys.features import Event, UserState
 from recsys.index import FIRST_ITEM
 from recsys.model import BST, History
-from recsys.recommender import Recommender
+from recsys.recommender import Recommender, blend_order
 from training.dataset import EncodedLog, Examples, model_device
 
 K = 10
@@ -176,16 +176,53 @@ def served_ranks(
 def served_metrics(rec: Recommender, data: EncodedLog, ex: Examples, depth: int | None = None) -> dict[str, float]:
     """HR@10 and NDCG@10 of the served top 10 (`served_ranks`). Recall@50 is left out: a top 10 has no
     50th place."""
-    return {k: v for k, v in rank_metrics(served_ranks(rec, data, ex, depth=depth)).items() if k != "recall@50"}
+    return served_from_ranks(served_ranks(rec, data, ex, depth=depth))
 
 
-def choose_depth(
-    rec: Recommender, data: EncodedLog, ex: Examples, depths: tuple[int, ...], metric: str = "ndcg@10"
-) -> tuple[int, dict[int, dict[str, float]]]:
-    """The retrieval depth (candidates the ranker orders) whose served top 10 scores best on `metric`
-    over `ex`, a validation set: ties go to the smaller depth, which also serves faster. Returns the
-    depth and every depth's served metrics. A ranker can order retrieval's first few candidates better
-    than retrieval and still bury the held-out item under a long list's weaker ones."""
-    table = {d: served_metrics(rec, data, ex, depth=d) for d in sorted(set(depths))}
-    best = max(table, key=lambda d: (table[d][metric], -d))
-    return best, table
+def served_grid(
+    rec: Recommender,
+    data: EncodedLog,
+    ex: Examples,
+    depths: Sequence[int],
+    blends: Sequence[float],
+    max_history: int = 200,
+    batch_size: int = 256,
+) -> dict[float, dict[int, dict[str, float]]]:
+    """Served HR@10 / NDCG@10 over `ex` at every depth and blend weight, {w: {depth: metrics}}, from one
+    retrieval and ranking pass at the deepest depth (`Recommender.candidates`): a request of depth d
+    ranks the first d of those candidates, and `blend_order` is the server's own ordering, so each cell
+    is what `served_metrics` gives for a recommender at that depth and weight (a test holds them equal)."""
+    ranks = {(d, w): np.full(len(ex), K, dtype=np.int64) for d in depths for w in blends}
+    for sl in batched(len(ex), batch_size):
+        part = ex.subset(np.arange(sl.start, sl.stop))
+        found = rec.candidates(user_states(data, part, max_history), max(depths), part.time.astype(np.float64))
+        targets = rec.featurizer.items.lookup([data.featurizer.items.tokens[t] for t in part.target])  # rec's ids
+        for d in depths:
+            for w in blends:
+                for j, (idx, _) in enumerate(blend_order(found.prefix(d), w, K)):
+                    at = np.flatnonzero(idx == targets[j])
+                    if len(at):
+                        ranks[d, w][sl.start + j] = at[0]
+    return {w: {d: served_from_ranks(ranks[d, w]) for d in depths} for w in blends}
+
+
+def served_from_ranks(ranks: np.ndarray) -> dict[str, float]:
+    return {k: v for k, v in rank_metrics(ranks).items() if k != "recall@50"}
+
+
+def choose_serving(
+    rec: Recommender,
+    data: EncodedLog,
+    ex: Examples,
+    depths: Sequence[int],
+    blends: Sequence[float] = (0.0,),
+    metric: str = "ndcg@10",
+) -> tuple[int, float, dict[float, dict[int, dict[str, float]]]]:
+    """The retrieval depth (candidates the ranker orders) and blend weight (`blend_order`) whose served
+    top 10 scores best on `metric` over `ex`, a validation set: ties go to the smaller depth, which also
+    serves faster, then to the smaller weight. Returns both and the whole grid (`served_grid`). A ranker
+    can order retrieval's first few candidates better than retrieval and still bury the held-out item
+    under a long list's weaker ones; the blend lets retrieval's confidence temper it."""
+    grid = served_grid(rec, data, ex, sorted(set(depths)), sorted(set(blends)))
+    best = max(((d, w) for w in grid for d in grid[w]), key=lambda dw: (grid[dw[1]][dw[0]][metric], -dw[0], -dw[1]))
+    return best[0], best[1], grid

@@ -22,7 +22,7 @@ from recsys.model import BST, ModelConfig
 from recsys.recommender import Recommender
 from training.dataset import EncodedLog, Examples, Split, leave_one_out, sample_negatives
 from training.evaluate import (
-    choose_depth,
+    choose_serving,
     ctr_logits,
     ctr_metrics,
     rank_metrics,
@@ -79,30 +79,38 @@ def popular_list(popularity: np.ndarray) -> list[tuple[int, float]]:
 
 def choose_serving_depth(path: Path, data: EncodedLog, valid: Examples, cfg: TrainConfig) -> int | None:
     """Serve a written version on (up to `cfg.eval_examples` of) the validation examples at each of
-    `cfg.serve_depths`, and record the best depth, with every depth's metrics, in its manifest's
-    `serving` entry: the recommender's default for requests that name no depth. Call it before the
-    version goes live (the manifest is rewritten atomically either way)."""
+    `cfg.serve_depths` and `cfg.serve_blends`, and record the best pair, with the whole grid's metrics, in
+    its manifest's `serving` entry: the recommender's default depth for requests that name none, and its
+    blend weight (`recsys.recommender.blend_order`). Call it before the version goes live (the manifest
+    is rewritten atomically either way)."""
     if not cfg.serve_depths or len(valid) == 0:
         return None
     if len(valid) > cfg.eval_examples:
         rng = np.random.default_rng([cfg.seed, 30_000])
         valid = valid.subset(np.sort(rng.choice(len(valid), cfg.eval_examples, replace=False)))
     metric = cfg.select_metric if cfg.select_metric in ("hr@10", "ndcg@10") else "ndcg@10"
-    depth, table = choose_depth(Recommender.load(path), data, valid, cfg.serve_depths, metric)
+    blends = cfg.serve_blends or (0.0,)
+    depth, blend, grid = choose_serving(Recommender.load(path), data, valid, cfg.serve_depths, blends, metric)
     log.info(
-        "serving depth %d chosen on %d validation examples by served %s: %s",
+        "serving depth %d, blend %g chosen on %d validation examples by served %s; by depth at blend %g: %s; "
+        "ranker alone (blend 0): %s",
         depth,
+        blend,
         len(valid),
         metric,
-        ", ".join(f"{d}: {m[metric]:.4f}" for d, m in table.items()),
+        blend,
+        ", ".join(f"{d}: {m[metric]:.4f}" for d, m in grid[blend].items()),
+        ", ".join(f"{d}: {m[metric]:.4f}" for d, m in grid[min(grid)].items()),
     )
     artifact.update_manifest(
         path,
         {
             "serving": {
                 "retrieval_depth": depth,
+                "retrieval_blend": blend,
                 "chosen_by": f"served {metric} on {len(valid)} validation examples",
-                "validation": {str(d): m for d, m in table.items()},
+                "validation": {str(d): m for d, m in grid[blend].items()},  # by depth, at the chosen blend
+                "grid": {str(w): {str(d): m for d, m in by_depth.items()} for w, by_depth in grid.items()},
             }
         },
     )

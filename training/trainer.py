@@ -70,7 +70,10 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bar with the running loss
     serve_depths: tuple[int, ...] = (10, 20, 50, 100, 200)  # retrieval depths served on validation after
     # training; the best (served NDCG@10, or select_metric when it is hr@10) becomes the artifact's default
-    # depth (`training.evaluate.choose_depth`); () keeps the recommender's default, 200
+    # depth (`training.evaluate.choose_serving`); () keeps the recommender's default, 200
+    serve_blends: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # weights of retrieval's opinion in the
+    # served order (`recsys.recommender.blend_order`: 0 = the ranker alone), tried with every depth; the best
+    # pair on validation is served
     device: str = "cpu"  # where `fit` trains: cpu, cuda (under torchrun each rank takes cuda:LOCAL_RANK),
     # cuda:N, or auto (cuda when torch sees a GPU). The model comes back on the CPU for export and serving.
 
@@ -80,6 +83,11 @@ class TrainConfig:
             raise InvalidArgument(
                 f"train.serve_depths={list(self.serve_depths)}: {bad[0]} is out of range; fix: depths between 10 "
                 f"(the served top 10) and {MAX_RETRIEVAL_DEPTH}, e.g. [10,20,50,100,200], or [] to keep the default"
+            )
+        if bad_w := [w for w in self.serve_blends if not 0 <= w < float("inf")]:
+            raise InvalidArgument(
+                f"train.serve_blends={list(self.serve_blends)}: {bad_w[0]} is not a weight; fix: finite weights "
+                ">= 0, e.g. [0,0.5,1,2] ([0] serves the ranker's order alone)"
             )
         train_device(self.device)  # a bad or absent device fails here, before any data is read
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!proto/recsys/v1/recommender.proto\x12\trecsys.v1\"\xd8\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x19\n\x0c\x65xclude_seen\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x1e\n\x11request_time_unix\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\x0fretrieval_depth\x18\x05 \x01(\x05\x12\x16\n\x0e\x61llow_item_ids\x18\n \x03(\t\x12\x15\n\rdeny_item_ids\x18\x0b \x03(\tB\x0f\n\r_exclude_seenB\x14\n\x12_request_time_unix\",\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"v\n\x11RecommendResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x14\n\x0cpersonalised\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"f\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\x12\x1e\n\x11request_time_unix\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x14\n\x12_request_time_unix\"E\n\x0cRankResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"Q\n\x05\x45vent\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x16\n\x0etimestamp_unix\x18\x02 \x01(\x01\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\"H\n\x13RecordEventsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12 \n\x06\x65vents\x18\x02 \x03(\x0b\x32\x10.recsys.v1.Event\"@\n\x14RecordEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x16\n\x0ehistory_length\x18\x02 \x01(\x05\"\x15\n\x13GetModelInfoRequest\"\xd1\x01\n\tModelInfo\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61talog_size\x18\x03 \x01(\x03\x12\x32\n\x07metrics\x18\x04 \x03(\x0b\x32!.recsys.v1.ModelInfo.MetricsEntry\x12\x1f\n\x17\x64\x65\x66\x61ult_retrieval_depth\x18\x05 \x01(\x05\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"1\n\rReloadRequest\x12\x14\n\x07version\x18\x01 \x01(\tH\x00\x88\x01\x01\x42\n\n\x08_version\"8\n\x0eReloadResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\x32\xa5\x02\n\x0bRecommender\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12\x37\n\x04Rank\x12\x16.recsys.v1.RankRequest\x1a\x17.recsys.v1.RankResponse\x12O\n\x0cRecordEvents\x12\x1e.recsys.v1.RecordEventsRequest\x1a\x1f.recsys.v1.RecordEventsResponse\x12\x44\n\x0cGetModelInfo\x12\x1e.recsys.v1.GetModelInfoRequest\x1a\x14.recsys.v1.ModelInfo2F\n\x05\x41\x64min\x12=\n\x06Reload\x12\x18.recsys.v1.ReloadRequest\x1a\x19.recsys.v1.ReloadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!proto/recsys/v1/recommender.proto\x12\trecsys.v1\"\xd8\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x19\n\x0c\x65xclude_seen\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x1e\n\x11request_time_unix\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\x0fretrieval_depth\x18\x05 \x01(\x05\x12\x16\n\x0e\x61llow_item_ids\x18\n \x03(\t\x12\x15\n\rdeny_item_ids\x18\x0b \x03(\tB\x0f\n\r_exclude_seenB\x14\n\x12_request_time_unix\",\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"v\n\x11RecommendResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.recsys.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x14\n\x0cpersonalised\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"f\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\x12\x1e\n\x11request_time_unix\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x14\n\x12_request_time_unix\"E\n\x0cRankResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"Q\n\x05\x45vent\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x16\n\x0etimestamp_unix\x18\x02 \x01(\x01\x12\r\n\x05\x65vent\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\"H\n\x13RecordEventsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12 \n\x06\x65vents\x18\x02 \x03(\x0b\x32\x10.recsys.v1.Event\"@\n\x14RecordEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x16\n\x0ehistory_length\x18\x02 \x01(\x05\"\x15\n\x13GetModelInfoRequest\"\xea\x01\n\tModelInfo\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61talog_size\x18\x03 \x01(\x03\x12\x32\n\x07metrics\x18\x04 \x03(\x0b\x32!.recsys.v1.ModelInfo.MetricsEntry\x12\x1f\n\x17\x64\x65\x66\x61ult_retrieval_depth\x18\x05 \x01(\x05\x12\x17\n\x0fretrieval_blend\x18\x06 \x01(\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"1\n\rReloadRequest\x12\x14\n\x07version\x18\x01 \x01(\tH\x00\x88\x01\x01\x42\n\n\x08_version\"8\n\x0eReloadResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\x32\xa5\x02\n\x0bRecommender\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12\x37\n\x04Rank\x12\x16.recsys.v1.RankRequest\x1a\x17.recsys.v1.RankResponse\x12O\n\x0cRecordEvents\x12\x1e.recsys.v1.RecordEventsRequest\x1a\x1f.recsys.v1.RecordEventsResponse\x12\x44\n\x0cGetModelInfo\x12\x1e.recsys.v1.GetModelInfoRequest\x1a\x14.recsys.v1.ModelInfo2F\n\x05\x41\x64min\x12=\n\x06Reload\x12\x18.recsys.v1.ReloadRequest\x1a\x19.recsys.v1.ReloadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,15 +52,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELINFOREQUEST']._serialized_start=831
   _globals['_GETMODELINFOREQUEST']._serialized_end=852
   _globals['_MODELINFO']._serialized_start=855
-  _globals['_MODELINFO']._serialized_end=1064
-  _globals['_MODELINFO_METRICSENTRY']._serialized_start=1018
-  _globals['_MODELINFO_METRICSENTRY']._serialized_end=1064
-  _globals['_RELOADREQUEST']._serialized_start=1066
-  _globals['_RELOADREQUEST']._serialized_end=1115
-  _globals['_RELOADRESPONSE']._serialized_start=1117
-  _globals['_RELOADRESPONSE']._serialized_end=1173
-  _globals['_RECOMMENDER']._serialized_start=1176
-  _globals['_RECOMMENDER']._serialized_end=1469
-  _globals['_ADMIN']._serialized_start=1471
-  _globals['_ADMIN']._serialized_end=1541
+  _globals['_MODELINFO']._serialized_end=1089
+  _globals['_MODELINFO_METRICSENTRY']._serialized_start=1043
+  _globals['_MODELINFO_METRICSENTRY']._serialized_end=1089
+  _globals['_RELOADREQUEST']._serialized_start=1091
+  _globals['_RELOADREQUEST']._serialized_end=1140
+  _globals['_RELOADRESPONSE']._serialized_start=1142
+  _globals['_RELOADRESPONSE']._serialized_end=1198
+  _globals['_RECOMMENDER']._serialized_start=1201
+  _globals['_RECOMMENDER']._serialized_end=1494
+  _globals['_ADMIN']._serialized_start=1496
+  _globals['_ADMIN']._serialized_end=1566
 # @@protoc_insertion_point(module_scope)

@@ -97,7 +97,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_version", "created_at", "catalog_size", "metrics", "default_retrieval_depth")
+    __slots__ = ("model_version", "created_at", "catalog_size", "metrics", "default_retrieval_depth", "retrieval_blend")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -110,12 +110,14 @@ class ModelInfo(_message.Message):
     CATALOG_SIZE_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_RETRIEVAL_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVAL_BLEND_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     created_at: str
     catalog_size: int
     metrics: _containers.ScalarMap[str, float]
     default_retrieval_depth: int
-    def __init__(self, model_version: _Optional[str] = ..., created_at: _Optional[str] = ..., catalog_size: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., default_retrieval_depth: _Optional[int] = ...) -> None: ...
+    retrieval_blend: float
+    def __init__(self, model_version: _Optional[str] = ..., created_at: _Optional[str] = ..., catalog_size: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., default_retrieval_depth: _Optional[int] = ..., retrieval_blend: _Optional[float] = ...) -> None: ...
 
 class ReloadRequest(_message.Message):
     __slots__ = ("version",)
