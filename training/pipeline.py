@@ -91,16 +91,18 @@ def choose_serving_depth(path: Path, data: EncodedLog, valid: Examples, cfg: Tra
     metric = cfg.select_metric if cfg.select_metric in ("hr@10", "ndcg@10") else "ndcg@10"
     blends = cfg.serve_blends or (0.0,)
     depth, blend, grid = choose_serving(Recommender.load(path), data, valid, cfg.serve_depths, blends, metric)
+    alone = grid.get(0.0)  # the ranker's order alone, when the grid tried it
     log.info(
-        "serving depth %d, blend %g chosen on %d validation examples by served %s; by depth at blend %g: %s; "
-        "ranker alone (blend 0): %s",
+        "serving depth %d, blend %g chosen on %d validation examples by served %s; by depth at blend %g: %s%s",
         depth,
         blend,
         len(valid),
         metric,
         blend,
         ", ".join(f"{d}: {m[metric]:.4f}" for d, m in grid[blend].items()),
-        ", ".join(f"{d}: {m[metric]:.4f}" for d, m in grid[min(grid)].items()),
+        ""
+        if alone is None
+        else "; ranker alone (blend 0): " + ", ".join(f"{d}: {m[metric]:.4f}" for d, m in alone.items()),
     )
     artifact.update_manifest(
         path,
