@@ -172,6 +172,13 @@ def test_serve_depths_outside_10_to_2000_are_refused_naming_the_fix(depths: str)
     assert apply_overrides(TrainConfig(), ["train.serve_depths=[]"], "train").serve_depths == ()
 
 
+@pytest.mark.parametrize("blends", ["[0,-1]", "[1e400]"])
+def test_serve_blends_that_are_negative_or_infinite_are_refused_naming_the_fix(blends: str) -> None:
+    with pytest.raises(InvalidArgument, match=r"train\.serve_blends=.* is not a weight; fix: finite weights >= 0"):
+        apply_overrides(TrainConfig(), [f"train.serve_blends={blends}"], "train")
+    assert apply_overrides(TrainConfig(), ["train.serve_blends=[0,1.5]"], "train").serve_blends == (0.0, 1.5)
+
+
 def test_missing_file_and_dangling_latest_are_refused(trained, tmp_path: Path) -> None:
     root = tmp_path / "root"
     shutil.copytree(trained.artifact, root / trained.artifact.name)
