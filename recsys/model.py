@@ -63,6 +63,8 @@ class ModelConfig:
     retrieval_heads: int = 0  # attention heads of the retrieval encoder; 0 = n_heads (SASRec uses 1 or 2)
     retrieval_weight: float = 1.0  # weight of the next-item loss beside the CTR log loss
     retrieval_temperature: float = 1.0  # softmax temperature of the next-item objective
+    retrieval_label_smoothing: float = 0.0  # share of the next-item target spread over the whole catalog
+    # (`F.cross_entropy`'s label_smoothing): a regulariser against over-confident item scores; 0 = off
     listwise_weight: float = 0.0  # weight of the listwise ranker loss beside the log loss: each positive
     # against the negatives that share its history (the trainer's `group`), softmax over that group
 
@@ -77,6 +79,10 @@ class ModelConfig:
             raise ValueError("side_sizes and side_widths must have one entry per item column")
         if self.retrieval_len < self.max_len:
             raise ValueError(f"retrieval_len={self.retrieval_len} must be >= max_len={self.max_len}")
+        if not 0 <= self.retrieval_label_smoothing < 1:
+            raise ValueError(
+                f"retrieval_label_smoothing={self.retrieval_label_smoothing} must be in [0, 1) (0 = off, e.g. 0.1)"
+            )
         if self.listwise_weight < 0:
             raise ValueError(f"listwise_weight={self.listwise_weight} must be >= 0 (0 = log loss alone)")
         if self.position == "ordinal" and self.n_positions < self.retrieval_len + 2:
@@ -379,7 +385,10 @@ class BST(nn.Module):
 
     def next_item_loss(self, hidden: Tensor, targets: Tensor) -> Tensor:
         """The retrieval head's objective over the catalog; see `next_item_loss`."""
-        return next_item_loss(hidden, targets, self.item_vectors(), self.cfg.retrieval_temperature)
+        cfg = self.cfg
+        return next_item_loss(
+            hidden, targets, self.item_vectors(), cfg.retrieval_temperature, cfg.retrieval_label_smoothing
+        )
 
 
 def listwise_loss(logits: Tensor, labels: Tensor, group: Tensor, listed: Tensor | None = None) -> Tensor:
@@ -406,13 +415,19 @@ def listwise_loss(logits: Tensor, labels: Tensor, group: Tensor, listed: Tensor 
     return F.softplus(neg_lse[group[pos]] - logits[pos]).mean()
 
 
-def next_item_loss(hidden: Tensor, targets: Tensor, vectors: Tensor, temperature: float = 1.0) -> Tensor:
+def next_item_loss(
+    hidden: Tensor, targets: Tensor, vectors: Tensor, temperature: float = 1.0, label_smoothing: float = 0.0
+) -> Tensor:
     """Full-softmax cross-entropy over the catalog: position t of an encoder's output predicts
-    targets[:, t] (0 = no loss; unknown items are not predicted either).
+    targets[:, t] (0 = no loss; unknown items are not predicted either). `label_smoothing` spreads that
+    share of the target over the real items (padding and unknown, never predicted, get none).
     hidden (S, T, d), targets (S, T), vectors (N, d) -> scalar."""
     valid = targets > 1  # a known next item
     if not bool(valid.any()):
         return hidden.sum() * 0.0
     logits = hidden[valid] @ vectors.T / temperature  # (M, N)
-    logits[:, :2] = float("-inf")  # never predict padding or unknown
-    return F.cross_entropy(logits, targets[valid])
+    if label_smoothing == 0:
+        logits[:, :2] = float("-inf")  # never predict padding or unknown
+        return F.cross_entropy(logits, targets[valid])
+    # smoothing would put mass on -inf columns (an infinite loss): drop padding and unknown instead
+    return F.cross_entropy(logits[:, 2:], targets[valid] - 2, label_smoothing=label_smoothing)

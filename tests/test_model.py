@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.model import BST, History, ModelConfig, listwise_loss
+from recsys.model import BST, History, ModelConfig, listwise_loss, next_item_loss
 from tests.model_contract import CHECKS, random_history
 from training.baselines import SASRec, SASRecConfig
 from training.dataset import Examples
@@ -237,3 +237,25 @@ def test_config_rejects_inconsistent_values() -> None:
         ModelConfig(n_items=10, retrieval_heads=3)
     with pytest.raises(ValueError, match="retrieval_len"):
         ModelConfig(n_items=10, max_len=30, retrieval_len=20)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=f"retrieval_label_smoothing={bad}"):
+            ModelConfig(n_items=10, retrieval_label_smoothing=bad)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5])
+def test_next_item_loss_is_cross_entropy_over_real_items_with_the_smoothing_spread_over_them(smoothing: float) -> None:
+    """-(1 - s) log p(target) - s * mean over real items of log p(item), p a softmax over items 2..N-1
+    (padding and unknown are never predicted, nor smoothed towards); positions with target 0 or 1 take
+    no loss. Computed here in float64 numpy from the definition."""
+    gen = torch.Generator().manual_seed(3)
+    hidden, vectors = torch.randn(4, 6, 8, generator=gen), torch.randn(30, 8, generator=gen)
+    targets = torch.randint(0, 30, (4, 6), generator=gen)
+    targets[0, :3] = torch.tensor([0, 1, 0])  # no loss at these
+    got = next_item_loss(hidden, targets, vectors, temperature=0.5, label_smoothing=smoothing).item()
+    h, v, t = hidden.double().numpy(), vectors.double().numpy(), targets.numpy()
+    losses = []
+    for s_, p_ in zip(*np.nonzero(t > 1), strict=True):
+        z = h[s_, p_] @ v[2:].T / 0.5  # scores of the real items
+        logp = z - z.max() - np.log(np.exp(z - z.max()).sum())
+        losses.append(-(1 - smoothing) * logp[t[s_, p_] - 2] - smoothing * logp.mean())
+    assert got == pytest.approx(float(np.mean(losses)), rel=1e-5)
