@@ -259,3 +259,8 @@ def test_next_item_loss_is_cross_entropy_over_real_items_with_the_smoothing_spre
         logp = z - z.max() - np.log(np.exp(z - z.max()).sum())
         losses.append(-(1 - smoothing) * logp[t[s_, p_] - 2] - smoothing * logp.mean())
     assert got == pytest.approx(float(np.mean(losses)), rel=1e-5)
+    # the SASRec baseline trains with the BST's setting, so bench.quality compares like with like
+    assert (
+        SASRecConfig.from_model(ModelConfig(n_items=10, retrieval_label_smoothing=smoothing)).label_smoothing
+        == smoothing
+    )

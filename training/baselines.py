@@ -93,6 +93,7 @@ class SASRecConfig:
     ffn_mult: int = 4  # feed-forward width = ffn_mult * d_model
     dropout: float = 0.2  # on embeddings and residual branches
     temperature: float = 1.0  # softmax temperature of the next-item objective
+    label_smoothing: float = 0.0  # of the next-item objective (the BST's `retrieval_label_smoothing`)
     side_features: bool = True  # item vectors sum side features as the BST's do (SASRec itself: ids only)
 
     @classmethod
@@ -108,6 +109,7 @@ class SASRecConfig:
             ffn_mult=cfg.ffn_mult,
             dropout=cfg.dropout,
             temperature=cfg.retrieval_temperature,
+            label_smoothing=cfg.retrieval_label_smoothing,
         )
         return dataclasses.replace(base, **changes)
 
@@ -324,7 +326,7 @@ class SASRec(nn.Module):
             full = self.encode_sequence(items)  # (B, T, d)
             user, hidden = full[:, -1], full[keep]
         logits = (user * self.items(batch["target"])).sum(-1)  # (B,)
-        return logits, next_item_loss(hidden, nxt, self.item_vectors(), self.cfg.temperature)
+        return logits, next_item_loss(hidden, nxt, self.item_vectors(), self.cfg.temperature, self.cfg.label_smoothing)
 
 
 # ---------------------------------------------------------------------------------------------------
