@@ -425,9 +425,5 @@ def next_item_loss(
     valid = targets > 1  # a known next item
     if not bool(valid.any()):
         return hidden.sum() * 0.0
-    logits = hidden[valid] @ vectors.T / temperature  # (M, N)
-    if label_smoothing == 0:
-        logits[:, :2] = float("-inf")  # never predict padding or unknown
-        return F.cross_entropy(logits, targets[valid])
-    # smoothing would put mass on -inf columns (an infinite loss): drop padding and unknown instead
-    return F.cross_entropy(logits[:, 2:], targets[valid] - 2, label_smoothing=label_smoothing)
+    logits = hidden[valid] @ vectors[2:].T / temperature  # (M, N-2): padding and unknown are never predicted
+    return F.cross_entropy(logits, targets[valid] - 2, label_smoothing=label_smoothing)
