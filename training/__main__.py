@@ -46,13 +46,15 @@ def _fit(args: argparse.Namespace) -> int:
         options = {} if args.min_rating is None else {"min_rating": args.min_rating}
         clog, adapted = load_dataset(args.dataset, args.path, args.attributes, **options)
         print(adapted.line())
-    from training.pipeline import train_and_export  # after loading: bad data fails without importing torch
+    from training.pipeline import export_trained, prepare  # after loading: bad data fails without importing torch
 
     overrides = list(args.set or [])
     if args.quiet:
         overrides.append("train.progress=false")
     init_distributed()
-    report = train_and_export(clog, Path(args.out), overrides, Path(args.run_dir), resume=args.resume)
+    prep = prepare(clog, overrides)
+    del clog  # training needs only the encoded arrays: the canonical frame (~130 B an event) goes now
+    report = export_trained(prep, Path(args.out), Path(args.run_dir), resume=args.resume)
     if report is None:  # a torchrun rank other than 0: rank 0 exports and reports
         return 0
     print(f"artifact: {report.artifact}")

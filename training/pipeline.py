@@ -141,25 +141,52 @@ def test_metrics(
     return out
 
 
-def train_and_export(
-    clog: ClickLog, out: Path, overrides: list[str] | None = None, run_dir: Path | None = None, resume: bool = False
-) -> TrainReport | None:
-    """Train, export a version under `out`, and report its test metrics. Under torchrun every rank
-    trains (`training.trainer.fit`) and rank 0 alone exports; the other ranks return None."""
-    model_cfg, train_cfg = configs(overrides or [])
+@dataclass
+class Prepared:
+    """What training needs from a log once it is encoded: the seeded model, the encoded arrays (with their
+    featurizer), the split, and the log's summary for the manifest. It holds no reference to the
+    `ClickLog`, so a caller that drops its own lets the canonical frame (about 130 bytes an event) go
+    before `fit`."""
+
+    model: BST
+    data: EncodedLog
+    split: Split
+    summary: dict[str, Any]
+    overrides: list[str]
+
+
+def prepare(clog: ClickLog, overrides: list[str] | None = None) -> Prepared:
+    """Configs, vocabularies, the seeded model, the encoded log and its leave-one-out split."""
+    overrides = list(overrides or [])
+    model_cfg, train_cfg = configs(overrides)
     torch.manual_seed(train_cfg.seed)
     model, feats = build_model(clog, model_cfg)
     data = EncodedLog.build(clog, feats)
     split = leave_one_out(data)
     if len(split.train) == 0 or len(split.valid) == 0:
         raise ValueError(f"{clog.source}: too few users with >= 3 clicks to train and validate; fix: pass a larger log")
+    return Prepared(model, data, split, clog.summary(), overrides)
+
+
+def train_and_export(
+    clog: ClickLog, out: Path, overrides: list[str] | None = None, run_dir: Path | None = None, resume: bool = False
+) -> TrainReport | None:
+    """`prepare`, then `export_trained`: the whole pipeline from a log (the tests and bench.quality)."""
+    return export_trained(prepare(clog, overrides), out, run_dir, resume)
+
+
+def export_trained(prep: Prepared, out: Path, run_dir: Path | None = None, resume: bool = False) -> TrainReport | None:
+    """Train, export a version under `out`, and report its test metrics. Under torchrun every rank
+    trains (`training.trainer.fit`) and rank 0 alone exports; the other ranks return None."""
+    model, data, split, overrides = prep.model, prep.data, prep.split, prep.overrides
+    feats, train_cfg = data.featurizer, configs(overrides)[1]
     t0 = time.monotonic()
     result = fit(model, data, split, train_cfg, run_dir or Path("runs") / "fit", resume=resume)
     log.info("trained in %.1f s (best epoch %d)", time.monotonic() - t0, result.best_epoch)
     if distributed()[0] > 0:
         return None
     summary: dict[str, Any] = {
-        **clog.summary(),
+        **prep.summary,
         "split": "leave_one_out",
         "train_examples": len(split.train),
         "valid": len(split.valid),
