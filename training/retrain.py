@@ -188,6 +188,8 @@ def retrain(
     torch.manual_seed(train_cfg.seed)
     model = grow(base.model, feats)
     data = EncodedLog.build(clog, feats)
+    summary, new_summary = clog.summary(), new.summary()
+    del clog, hist_events, hist_users  # the combined frame is encoded: free it before training
     cutoff = holdout_cutoff(new, gate.holdout)
     split = time_split(data, cutoff)
     if len(split.train) == 0 or len(split.valid) == 0 or len(split.test) == 0:
@@ -214,7 +216,7 @@ def retrain(
         feats,
         popular_list(split.popularity),
         data.seed_frame(SEED_HISTORY),
-        {**clog.summary(), "split": "time", "holdout_from": int(cutoff), "train_examples": len(split.train)},
+        {**summary, "split": "time", "holdout_from": int(cutoff), "train_examples": len(split.train)},
         {f"valid_{k}": v for k, v in result.best_metrics.items()},
         version=version,
         make_latest=False,
@@ -223,7 +225,7 @@ def retrain(
         extra={
             "train_config": to_dict(train_cfg),
             "train_seconds": round(time.monotonic() - t0, 1),
-            "retrain": {"from": base.version, "new_batch": new.summary(), "window_days": window_days},
+            "retrain": {"from": base.version, "new_batch": new_summary, "window_days": window_days},
         },
     )
     choose_serving_depth(path, data, split.valid, train_cfg)
