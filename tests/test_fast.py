@@ -117,8 +117,10 @@ def test_low_precision_serving_stays_within_a_small_gap_of_fp32(trained, precisi
     is off by up to ~0.025, a probability by up to ~6e-3 where the sigmoid is steepest; 5e-3 was
     breached at 5.4e-3 by a retrained model) and the same best item for the trained test model;
     retrieval (fp32) is untouched. int8 quantizes each hidden layer's input to 256 levels per call:
-    measured 0.010 at most on this model, so 2e-2. Quality parity on real logs: `bench.quality --int8`."""
-    tol = {"bf16": 1e-2, "int8": 2e-2}[precision]
+    measured 0.010 at most on the test model as trained on one machine and 0.023 as trained on another
+    (the Intel Xeon kind with AMX, 2026-12-06; the same with the x86, fbgemm and onednn engines), so
+    3e-2. Quality parity on real logs: `bench.quality --int8`."""
+    tol = {"bf16": 1e-2, "int8": 3e-2}[precision]
     fp32 = Recommender.load(trained.artifact)
     bf16 = Recommender.load(trained.artifact, precision=precision)
     assert bf16.scorer == "fast" and bf16.precision == precision
