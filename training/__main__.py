@@ -53,7 +53,7 @@ def _fit(args: argparse.Namespace) -> int:
         overrides.append("train.progress=false")
     init_distributed()
     prep = prepare(clog, overrides)
-    del clog  # training needs only the encoded arrays: the canonical frame (~130 B an event) goes now
+    del clog  # training needs only the encoded arrays: the canonical frame can go now
     report = export_trained(prep, Path(args.out), Path(args.run_dir), resume=args.resume)
     if report is None:  # a torchrun rank other than 0: rank 0 exports and reports
         return 0
