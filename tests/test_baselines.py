@@ -37,7 +37,15 @@ from training.baselines import (
 from training.dataset import EncodedLog, Split, leave_one_out, mine_hard_negatives, next_item_windows
 from training.evaluate import ctr_metrics, gauc, rank_metrics, score_ranks
 from training.pipeline import TrainReport, build_model
-from training.trainer import BUDGET_CHECK_STEPS, TrainConfig, _Collate, budget_horizon, epoch_examples, fit
+from training.trainer import (
+    BUDGET_CHECK_STEPS,
+    TrainConfig,
+    _Collate,
+    budget_horizon,
+    epoch_examples,
+    epoch_size,
+    fit,
+)
 
 SIZES = ModelConfig(
     n_items=60,
@@ -295,6 +303,40 @@ def test_the_time_budget_cuts_an_epoch_short(encoded: tuple[EncodedLog, ModelCon
     assert result.examples_per_second > 0
     # the learning-rate schedule was shortened to the budget: it ends right after the steps taken
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["horizon"] == BUDGET_CHECK_STEPS + 1
+
+
+@pytest.mark.parametrize("real", ["add", "only", "never"])
+@pytest.mark.parametrize("negatives", [0, 1, 3])
+def test_epoch_size_counts_the_epoch_without_building_it(
+    encoded: tuple[EncodedLog, ModelConfig], real: str, negatives: int
+) -> None:
+    """`fit` sets its learning-rate horizon from `epoch_size`, not from an epoch built and thrown away:
+    the count equals the built epoch's length, with real label-0 rows or without, and with mined
+    negatives from the second epoch. The sampled negatives (which share their positive's arrays when
+    one is drawn each) repeat each positive's user, history end and time."""
+    data, cfg = encoded
+    full = leave_one_out(data)
+    # the demo log's train split has real negatives; a slice of positives alone takes the no-copy path
+    only_pos = full.train.subset(np.flatnonzero(full.train.label > 0.5)[:500])
+    assert (full.train.label < 0.5).any()
+    model = BST(cfg)
+    model.load_state_dict(data.featurizer.side_buffers(), strict=False)
+    for train in (full.train.subset(np.arange(1500)), only_pos):
+        split = Split(train, full.valid, full.test, full.popularity)
+        tc = TrainConfig(negatives=negatives, real_negatives=real, hard_negatives=2, hard_pool=20)  # type: ignore[arg-type]
+        first = epoch_examples(data, split, tc, 0)
+        assert len(first) == epoch_size(split, tc)
+        later = epoch_examples(data, split, tc, 1, model)
+        assert len(later) == epoch_size(split, tc, mined=True) > len(first)
+        pos = first.label > 0.5
+        n_pos = int(pos.sum())
+        sampled = first.subset(np.arange(len(first) - n_pos * negatives, len(first))) if real != "only" else None
+        if sampled is not None and negatives:
+            # the sampled negatives repeat each positive's history and time, n at a time
+            reps = np.repeat(np.flatnonzero(pos), negatives)
+            for f in ("user", "end", "time"):
+                np.testing.assert_array_equal(getattr(sampled, f), getattr(first, f)[reps])
+            assert (sampled.label == 0).all() and (sampled.target != first.target[reps]).all()
 
 
 def test_the_schedule_ends_where_the_time_budget_does() -> None:

@@ -47,7 +47,7 @@ class Examples:
         """(n,) ids in [0, groups): rows with the same history (user and history end: a positive and its
         sampled and mined negatives) share one."""
         key = self.user.astype(np.int64) * (int(self.end.max(initial=0)) + 1) + self.end
-        return np.unique(key, return_inverse=True)[1].reshape(-1).astype(np.int64)
+        return np.unique(key, return_inverse=True)[1].reshape(-1).astype(np.int64, copy=False)
 
     @staticmethod
     def concat(parts: list[Examples]) -> Examples:
@@ -73,7 +73,8 @@ class EncodedLog:
     @classmethod
     def build(cls, clog: ClickLog, featurizer: Featurizer) -> EncodedLog:
         ev = clog.events
-        pos = ev[ev["label"] == 1]
+        is_pos = ev["label"].to_numpy() == 1
+        pos = ev if is_pos.all() else ev[is_pos]  # a log of clicks alone is not copied
         user_ids = np.array(sorted(pos["user_id"].unique()), dtype=object)
         row_of = pd.Index(user_ids)
         codes, uniques = pd.factorize(pos["user_id"])  # each distinct user located once, then gathered
@@ -81,10 +82,12 @@ class EncodedLog:
         counts = np.bincount(urow, minlength=len(user_ids))
         stop = np.cumsum(counts)
         start = stop - counts
-        items = featurizer.items.lookup(pos["item_id"].to_numpy())
+        # the columns go to `lookup` as Series: each distinct id is probed once (arrow factorize), where
+        # `.to_numpy()` made a Python string object of every row first
+        items = featurizer.items.lookup(pos["item_id"])
         times = pos["timestamp"].to_numpy().astype(np.int64)
-        events = featurizer.events.lookup(pos["event"].to_numpy())
-        neg = ev[(ev["label"] == 0) & ev["user_id"].isin(row_of)]
+        events = featurizer.events.lookup(pos["event"])
+        neg = ev[(ev["label"].to_numpy() == 0) & ev["user_id"].isin(row_of).to_numpy()]
         codes, uniques = pd.factorize(neg["user_id"])
         nrow = row_of.get_indexer(uniques)[codes].astype(np.int64)
         ntime = neg["timestamp"].to_numpy().astype(np.int64)
@@ -96,9 +99,7 @@ class EncodedLog:
             ],
             dtype=np.int64,
         )
-        negatives = Examples(
-            nrow, nend, featurizer.items.lookup(neg["item_id"].to_numpy()), np.zeros(len(neg), np.float32), ntime
-        )
+        negatives = Examples(nrow, nend, featurizer.items.lookup(neg["item_id"]), np.zeros(len(neg), np.float32), ntime)
         profiles = (
             {}
             if clog.users is None
@@ -259,31 +260,36 @@ class Windows:
 def next_item_windows(data: EncodedLog, train: Examples, length: int) -> Windows:
     """Windows over each user's positives up to their newest training positive (`train`'s positive rows:
     held-out positives never enter). Windows end every `length // 2` pairs from the newest backwards;
-    each takes its loss on its newest half (the oldest window on all of it), so no pair is counted twice."""
+    each takes its loss on its newest half (the oldest window on all of it), so no pair is counted twice.
+
+    The windows are counted first and written into two preallocated arrays of the item indices' width
+    (int32 below 2^31 items; the collate widens a step's rows): at 20 million events, stacking a list
+    of per-window arrays held about twice the result's memory at once."""
     pos = train.label > 0.5
     last = np.full(len(data.start), -1, dtype=np.int64)
     np.maximum.at(last, train.user[pos], train.end[pos])
     half = max(1, length // 2)
-    inputs: list[np.ndarray] = []
-    targets: list[np.ndarray] = []
-    for u in np.flatnonzero(last >= 0):
+    users = np.flatnonzero(last >= 0)
+    pairs = last[users] - data.start[users]  # pairs seq[t] -> seq[t + 1] of each user
+    # a user with m pairs: one window if m <= length, else one more for every `half` pairs beyond it
+    count = np.where(pairs > length, 1 + -(-(pairs - length) // half), (pairs > 0).astype(np.int64))
+    dtype = np.int32 if data.n_items < 2**31 else np.int64
+    inputs = np.zeros((int(count.sum()), length), dtype)
+    targets = np.zeros((int(count.sum()), length), dtype)
+    w = 0
+    for u, m in zip(users.tolist(), pairs.tolist(), strict=True):
         seq = data.items[data.start[u] : last[u] + 1]
-        m = len(seq) - 1  # pairs seq[t] -> seq[t + 1]
         end = m
         while end > 0:
             lo = max(0, end - length)
-            x = np.zeros(length, np.int64)
-            y = np.zeros(length, np.int64)
-            x[length - (end - lo) :] = seq[lo:end]
-            y[length - (end - lo) :] = seq[lo + 1 : end + 1]
+            inputs[w, length - (end - lo) :] = seq[lo:end]
+            targets[w, length - (end - lo) :] = seq[lo + 1 : end + 1]
             if lo > 0:  # context-only positions: their pairs are taken by an older window
-                y[: length - half] = 0
-            inputs.append(x)
-            targets.append(y)
+                targets[w, : length - half] = 0
+            w += 1
             end = end - half if lo > 0 else 0
-    if not inputs:
-        return Windows(np.zeros((0, length), np.int64), np.zeros((0, length), np.int64))
-    return Windows(np.stack(inputs), np.stack(targets))
+    assert w == len(inputs), f"{w} windows written, {len(inputs)} counted"
+    return Windows(inputs, targets)
 
 
 def sample_negatives(
@@ -297,7 +303,7 @@ def sample_negatives(
     """`n` sampled negatives per positive, same history and time, target != the positive's item."""
     if n <= 0 or len(pos) == 0:
         return pos.subset(np.zeros(0, np.int64))
-    reps = pos.subset(np.repeat(np.arange(len(pos)), n))
+    reps = pos if n == 1 else pos.subset(np.repeat(np.arange(len(pos)), n))  # (arrays are never written to)
     if how == "popularity":
         counts = data.popularity if popularity is None else popularity
         p = counts[FIRST_ITEM:].astype(np.float64) + 1.0

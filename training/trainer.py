@@ -142,8 +142,8 @@ class _Collate:
             inputs, targets = self.windows.inputs[wrows], self.windows.targets[wrows]  # (S, L) each
             filled = np.flatnonzero(inputs.any(0))
             first = int(filled[0]) if len(filled) else inputs.shape[1] - 1  # drop all-padding columns
-            batch["next_items"] = torch.from_numpy(inputs[:, first:])
-            batch["next_targets"] = torch.from_numpy(targets[:, first:])
+            batch["next_items"] = torch.from_numpy(inputs[:, first:].astype(np.int64))
+            batch["next_targets"] = torch.from_numpy(targets[:, first:].astype(np.int64))
         return batch
 
 
@@ -178,6 +178,7 @@ def grouped_permutation(examples: Examples, rng: np.random.Generator) -> np.ndar
     positive and its sampled and mined negatives) are adjacent; groups and members in random order."""
     group = examples.history_groups()
     rank = rng.permutation(int(group.max(initial=-1)) + 1)[group]  # each group's random place
+    del group  # one array of the epoch's length fewer during the sort
     return np.lexsort((rng.random(len(examples)), rank))
 
 
@@ -206,7 +207,8 @@ def epoch_examples(
     retrieval's (all plausible) candidates. Hard negatives teach it exactly that."""
     rng = np.random.default_rng([cfg.seed, epoch])
     train = split.train
-    pos = train.subset(np.flatnonzero(train.label > 0.5))
+    is_pos = train.label > 0.5
+    pos = train if is_pos.all() else train.subset(np.flatnonzero(is_pos))  # no copy when all are positives
     parts = [pos]
     if cfg.real_negatives != "never":
         parts.append(train.subset(np.flatnonzero(train.label < 0.5)))
@@ -224,6 +226,23 @@ def epoch_examples(
         # sampled negatives.
         parts[0] = dataclasses.replace(pos, listwise=in_pool)
     return Examples.concat(parts)
+
+
+def epoch_size(split: Split, cfg: TrainConfig, mined: bool = False) -> int:
+    """`len(epoch_examples(...))` without building the epoch: positives, the real negatives kept, the
+    sampled ones and, with `mined`, the hard negatives (`cfg.hard_negatives` a positive). `fit` counts
+    its learning-rate horizon with it: it used to build a whole epoch's arrays (37 bytes an example) and
+    drop them, before training, only to take their length."""
+    label = split.train.label
+    n_pos = int((label > 0.5).sum())
+    n = n_pos
+    if cfg.real_negatives != "never":
+        n += int((label < 0.5).sum())
+    if cfg.real_negatives != "only" and cfg.negatives > 0:
+        n += n_pos * cfg.negatives
+    if mined and cfg.hard_negatives > 0:
+        n += n_pos * cfg.hard_negatives
+    return n
 
 
 def validation_set(data: EncodedLog, split: Split, cfg: TrainConfig) -> tuple[Examples, Examples]:
@@ -317,9 +336,8 @@ def fit(
     # fused: one kernel over every parameter; on this CPU a step of a 2M-parameter model takes 1.6 ms
     # against 11.7 ms for the default per-tensor loop (ad hoc, 200 steps)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    n_pos = int((split.train.label > 0.5).sum())
-    n_first = len(epoch_examples(data, split, cfg, 0))  # the first epoch has no mined negatives yet
-    n_later = n_first + (n_pos * cfg.hard_negatives if isinstance(model, BST) else 0)
+    n_first = epoch_size(split, cfg)  # the first epoch has no mined negatives yet
+    n_later = epoch_size(split, cfg, mined=isinstance(model, BST))
     # the schedule's last step: `epochs` full epochs, shortened after each epoch to what the time budget
     # allows (`budget_horizon`), so a budget-bound run still ends its cosine decay. (Until stop 23 every
     # epoch was counted with mined negatives, so a run of all its epochs ended before the decay did.)
@@ -363,6 +381,7 @@ def fit(
         chunks = [perm[i : i + step_batch] for i in range(0, len(perm), step_batch)]
         # the epoch's next-item windows, spread evenly over its steps
         wparts = window_steps(windows, passes, len(chunks), rng)
+        log.debug("epoch %d: %d examples in %d steps", epoch + 1, len(examples), len(chunks))
         if world > 1:  # this rank's share; every rank takes the same number of steps (DDP syncs each)
             mine = slice(rank, len(chunks) // world * world, world)
             chunks, wparts = chunks[mine], wparts[mine]
@@ -398,6 +417,8 @@ def fit(
                 out_of_time = True
                 break
         bar.close()
+        # the epoch's arrays go before evaluation and before the next epoch's are built beside them
+        del loader, bar, chunks, wparts, perm, examples
         metrics = evaluate(model, data, valid_pos, valid_ctr)
         record = {
             "epoch": epoch + 1,
