@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.json:
         out = {k: {f: v for f, v in r.items() if f != "output"} for k, r in rows.items()}
+        args.json.parent.mkdir(parents=True, exist_ok=True)  # runs/ is not in a fresh clone
         args.json.write_text(json.dumps({"events": args.events, "parquet_bytes": size, "runs": out}, indent=1))
     return 0
 

@@ -17,6 +17,7 @@ import copy
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['bf16_max_prob_gap']:.4f} / {r['int8_max_prob_gap']:.4f} |"
         )
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)  # runs/ is not in a fresh clone
         with open(args.json, "w") as f:
             json.dump(
                 {

@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['p99_ms']:.3f} | {base / r['p50_ms']:.1f}x |"
         )
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)  # runs/ is not in a fresh clone
         args.json.write_text(json.dumps({"items": args.items, "dim": args.dim, "k": args.k, "rows": rows}, indent=1))
     return 0
 

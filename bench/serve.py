@@ -512,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
             "model_overrides": args.set,
             "mlp_dims": manifest["model_config"]["mlp_dims"],
         }
+        args.json.parent.mkdir(parents=True, exist_ok=True)  # runs/ is not in a fresh clone
         args.json.write_text(json.dumps(summary, indent=1))
     if args.work_dir is None:
         shutil.rmtree(work, ignore_errors=True)

@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['train_seconds']:.1f} | {r['wall_seconds']:.1f} | {r['valid_ndcg@10']:.4f} | {r['valid_auc']:.4f} |"
         )
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)  # runs/ is not in a fresh clone
         args.json.write_text(json.dumps({"users": args.users, "items": args.items, "runs": rows}, indent=1))
     return 0
 
