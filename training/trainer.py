@@ -46,10 +46,11 @@ class TrainConfig:
     epochs: int = 30  # upper bound; early stopping usually ends sooner
     batch_size: int = 256  # examples per step
     lr: float = 3e-3  # peak learning rate after warm-up (1e-3 stayed on the popularity plateau for epochs)
-    weight_decay: float = 0.01  # AdamW decoupled weight decay
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (0.01 until 2026-12-07; README, Results)
     warmup_steps: int = 100  # linear warm-up from 0 to lr
     min_lr_ratio: float = 0.05  # cosine decay ends at lr * min_lr_ratio
-    grad_clip: float = 1.0  # max global gradient norm
+    grad_clip: float = 0.5  # max global gradient norm (1.0 until 2026-12-07: 0.5 with weight decay 0.1 led
+    # on validation on Amazon Beauty and Sports, 3 seeds each, and was level on MovieLens-1M)
     negatives: int = 1  # sampled negatives per positive when the log has no label-0 rows
     negative_sampling: Literal["uniform", "popularity"] = "uniform"  # how sampled negatives are drawn
     real_negatives: Literal["add", "only", "never"] = "add"  # label-0 rows: beside sampled ones, alone, or unused
