@@ -110,3 +110,21 @@ def test_fit_can_drop_the_log_before_training(demo_log) -> None:
     assert [f() is None for f in frames] == [True] * len(frames)
     assert prep.summary == summary
     assert len(prep.split.train) > 0 and len(prep.data.items) == summary["positives"]
+
+
+def test_fit_checks_recall_with_as_many_queries_as_configured(tmp_path: Path) -> None:
+    """`--set index.recall_queries=N` reaches the export: the build-time recall@100 check runs on N
+    validation users' vectors, even above the default 500 (until 2026-12-07 at most 500 were passed)."""
+    import json
+
+    from recsys.data import load_log
+    from training import synth
+    from training.pipeline import train_and_export
+
+    paths = synth.write(synth.SynthConfig(n_users=700, n_items=120, n_categories=6, seed=1), tmp_path, "parquet")
+    clog = load_log(paths["clicks"], paths["items"])
+    overrides = ["train.epochs=1", "train.progress=false", "index.kind=hnsw", "index.recall_queries=650"]
+    report = train_and_export(clog, tmp_path / "artifacts", overrides, run_dir=tmp_path / "run")
+    assert report is not None
+    index = json.loads((report.artifact / "manifest.json").read_text())["index"]
+    assert index["kind"].startswith("IndexHNSW") and index["recall_queries"] == "650 user vectors", index

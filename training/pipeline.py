@@ -204,7 +204,7 @@ def export_trained(prep: Prepared, out: Path, run_dir: Path | None = None, resum
         {f"valid_{k}": v for k, v in result.best_metrics.items()},
         make_latest=False,
         index_config=prep.index_cfg,
-        queries=user_vectors(model, data, split.valid, IndexConfig().recall_queries),
+        queries=user_vectors(model, data, split.valid, prep.index_cfg.recall_queries),
         extra={
             "train_config": to_dict(train_cfg),
             "train_seconds": round(result.seconds, 1),

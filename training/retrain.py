@@ -177,6 +177,7 @@ def retrain(
 ) -> RetrainReport:
     check_prefixes(overrides or [], ("train", "index"))
     train_cfg = apply_overrides(TrainConfig(), overrides or [], "train")
+    index_cfg = apply_overrides(IndexConfig(), overrides or [], "index")  # an unknown key fails before training
     root = Path(out)
     base = artifact.load(base_path)
     if history is not None:
@@ -220,8 +221,8 @@ def retrain(
         {f"valid_{k}": v for k, v in result.best_metrics.items()},
         version=version,
         make_latest=False,
-        index_config=apply_overrides(IndexConfig(), overrides or [], "index"),
-        queries=user_vectors(model, data, split.valid, IndexConfig().recall_queries),
+        index_config=index_cfg,
+        queries=user_vectors(model, data, split.valid, index_cfg.recall_queries),
         extra={
             "train_config": to_dict(train_cfg),
             "train_seconds": round(time.monotonic() - t0, 1),
