@@ -421,18 +421,18 @@ def render(dataset: str, means: dict, stds: dict, seeds: list[int], notes: dict)
         table("Training cost", COST_KEYS, means, stds, rows, n),
     ]
     for seed in (s for s in seeds if "serving" in notes[s]):
-        scores = notes[seed]["serving"]["validation"]
-        parts.append(
-            f"seed {seed}: served NDCG@10 on validation by depth (at the chosen blend): "
-            + ", ".join(f"{d}: {scores[d]['ndcg@10']:.4f}" for d in sorted(scores, key=int))
-            + f" -> K = {notes[seed]['serving']['retrieval_depth']}"
-            + f", w = {notes[seed]['serving'].get('retrieval_blend', 0.0):g}"
-        )
-        grid = notes[seed]["serving"].get("grid", {})
+        serving = notes[seed]["serving"]
+        blend = float(serving.get("retrieval_blend", 0.0))
+        chosen = f" -> K = {serving['retrieval_depth']}, w = {blend:g}"
+        # the whole grid, one line a blend weight, the chosen one marked; runs stored before the blend
+        # have no grid: their scores by depth alone
+        grid = serving.get("grid") or {str(blend): serving["validation"]}
+        parts.append(f"seed {seed}: served NDCG@10 on validation by blend weight w and depth K{chosen}")
         for w in sorted(grid, key=float):
             parts.append(
                 f"seed {seed}, blend w = {float(w):g}: "
                 + ", ".join(f"{d}: {grid[w][d]['ndcg@10']:.4f}" for d in sorted(grid[w], key=int))
+                + (" (chosen)" if float(w) == blend else "")
             )
     if "itemknn" in first:
         parts.append("itemknn (picked on validation): " + ", ".join(str(notes[s].get("itemknn")) for s in seeds))

@@ -115,9 +115,14 @@ def test_bench_quality_scores_the_int8_and_bf16_servers_beside_fp32_and_auc_on_e
     serving = report["notes"]["0"]["serving"]
     assert (serving["retrieval_depth"], serving["retrieval_blend"]) == (fitted["served_depth"], fitted["served_blend"])
     assert serving["grid"]["0.0"][str(int(fitted["served_depth"]))]["ndcg@10"] == fitted["valid_served_ndcg@10_w0"]
-    assert "validation by depth (at the chosen blend): 10: " in done.stdout
     assert f"-> K = {int(fitted['served_depth'])}, w = {fitted['served_blend']:g}" in done.stdout
     assert "blend w = 0: 10: " in done.stdout
+    # each blend's row once, the chosen one marked
+    rows = [ln for ln in done.stdout.splitlines() if ln.startswith("seed 0, blend w = ")]
+    assert len(rows) == len(serving["grid"]) and len(set(rows)) == len(rows)
+    assert [r for r in rows if r.endswith(" (chosen)")] == [
+        r for r in rows if r.startswith(f"seed 0, blend w = {fitted['served_blend']:g}: ")
+    ]
 
 
 def test_bench_memory_generator_writes_a_time_ordered_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
