@@ -7,11 +7,13 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recsys.model import BST, History, ModelConfig, listwise_loss, next_item_loss
 from tests.model_contract import CHECKS, random_history
 from training.baselines import SASRec, SASRecConfig
-from training.dataset import Examples
+from training.dataset import Examples, dense_ranks
 from training.trainer import grouped_permutation
 
 CONFIGS = {
@@ -264,3 +266,12 @@ def test_next_item_loss_is_cross_entropy_over_real_items_with_the_smoothing_spre
         SASRecConfig.from_model(ModelConfig(n_items=10, retrieval_label_smoothing=smoothing)).label_smoothing
         == smoothing
     )
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(-(2**40), 2**40), max_size=200), st.integers(1, 5))
+def test_dense_ranks_equal_numpys_unique_inverse(values: list[int], spread: int) -> None:
+    """`training.dataset.dense_ranks` (the history groups of an epoch) equals numpy's
+    `unique(return_inverse=True)` on any keys, repeated ones included."""
+    key = np.array(values * spread, dtype=np.int64)
+    np.testing.assert_array_equal(dense_ranks(key), np.unique(key, return_inverse=True)[1].reshape(-1))

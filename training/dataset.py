@@ -46,12 +46,31 @@ class Examples:
     def history_groups(self) -> np.ndarray:
         """(n,) ids in [0, groups): rows with the same history (user and history end: a positive and its
         sampled and mined negatives) share one."""
-        key = self.user.astype(np.int64) * (int(self.end.max(initial=0)) + 1) + self.end
-        return np.unique(key, return_inverse=True)[1].reshape(-1).astype(np.int64, copy=False)
+        return dense_ranks(self.user.astype(np.int64) * (int(self.end.max(initial=0)) + 1) + self.end)
 
     @staticmethod
     def concat(parts: list[Examples]) -> Examples:
         return Examples(*(np.concatenate([getattr(p, f) for p in parts]) for f in Examples.FIELDS))
+
+
+def dense_ranks(key: np.ndarray) -> np.ndarray:
+    """(n,) int64: each key's index among the sorted distinct keys, as `np.unique(key,
+    return_inverse=True)[1]`, with at most four arrays of the key's length alive at once (the key, the
+    sort order, the ranks, the result) where numpy 2.4's keeps up to seven (a flattened copy, the sort
+    order, the sorted copy, the distinct keys, two cumulative sums, the result). It runs on a whole
+    epoch's rows as training starts, where the fit's memory peaks (README, Large logs)."""
+    order = np.argsort(key)
+    sorted_key = key[order]
+    new = np.empty(len(key), bool)
+    new[:1] = True
+    np.not_equal(sorted_key[1:], sorted_key[:-1], out=new[1:])
+    del sorted_key
+    ids = np.cumsum(new, dtype=np.int64)
+    del new
+    ids -= 1
+    out = np.empty(len(key), np.int64)
+    out[order] = ids
+    return out
 
 
 @dataclass
