@@ -92,7 +92,8 @@ class EncodedLog:
     @classmethod
     def build(cls, clog: ClickLog, featurizer: Featurizer) -> EncodedLog:
         ev = clog.events
-        is_pos = ev["label"].to_numpy() == 1
+        label = ev["label"].to_numpy()
+        is_pos = label == 1
         pos = ev if is_pos.all() else ev[is_pos]  # a log of clicks alone is not copied
         user_ids = np.array(sorted(pos["user_id"].unique()), dtype=object)
         row_of = pd.Index(user_ids)
@@ -106,7 +107,7 @@ class EncodedLog:
         items = featurizer.items.lookup(pos["item_id"])
         times = pos["timestamp"].to_numpy().astype(np.int64)
         events = featurizer.events.lookup(pos["event"])
-        neg = ev[(ev["label"].to_numpy() == 0) & ev["user_id"].isin(row_of).to_numpy()]
+        neg = ev[(label == 0) & ev["user_id"].isin(row_of).to_numpy()]
         codes, uniques = pd.factorize(neg["user_id"])
         nrow = row_of.get_indexer(uniques)[codes].astype(np.int64)
         ntime = neg["timestamp"].to_numpy().astype(np.int64)
@@ -293,8 +294,9 @@ def next_item_windows(data: EncodedLog, train: Examples, length: int) -> Windows
     # a user with m pairs: one window if m <= length, else one more for every `half` pairs beyond it
     count = np.where(pairs > length, 1 + -(-(pairs - length) // half), (pairs > 0).astype(np.int64))
     dtype = np.int32 if data.n_items < 2**31 else np.int64
-    inputs = np.zeros((int(count.sum()), length), dtype)
-    targets = np.zeros((int(count.sum()), length), dtype)
+    n_windows = int(count.sum())
+    inputs = np.zeros((n_windows, length), dtype)
+    targets = np.zeros((n_windows, length), dtype)
     w = 0
     for u, m in zip(users.tolist(), pairs.tolist(), strict=True):
         seq = data.items[data.start[u] : last[u] + 1]
@@ -307,7 +309,7 @@ def next_item_windows(data: EncodedLog, train: Examples, length: int) -> Windows
                 targets[w, : length - half] = 0
             w += 1
             end = end - half if lo > 0 else 0
-    assert w == len(inputs), f"{w} windows written, {len(inputs)} counted"
+    assert w == n_windows, f"{w} windows written, {n_windows} counted"
     return Windows(inputs, targets)
 
 
