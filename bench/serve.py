@@ -84,6 +84,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int) -> int:
+    """The first of `n` consecutive free ports (the metrics ports of `--processes n`)."""
+    for _ in range(100):
+        base = free_port()
+        try:
+            with contextlib.ExitStack() as stack:
+                for p in range(base, base + n):
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+    raise SystemExit(f"error: no {n} consecutive free ports for the servers' metrics")
+
+
 # ------------------------------------------------------------------------------------ setup
 
 
@@ -152,20 +166,35 @@ def redis_server(work: Path) -> Iterator[str]:
 @dataclasses.dataclass
 class Server:
     proc: subprocess.Popen[str]
-    target: str
-    metrics_url: str
+    target: str  # the shared port
+    metrics_urls: list[str]  # one a server process (`--processes`)
     log_path: Path
+    processes: int = 1
+
+    @property
+    def targets(self) -> list[str]:
+        """What the driver dials: the port, or with several processes each one's own port
+        (`serving.processes`), so that each takes an equal share of the calls; over the shared port
+        the kernel spreads connections at random, and one channel is one connection."""
+        if self.processes == 1:
+            return [self.target]
+        host, port = self.target.rsplit(":", 1)
+        return [f"{host}:{int(port) + 1 + i}" for i in range(self.processes)]
 
 
 @contextlib.contextmanager
-def server(artifact: Path, features: str, work: Path, name: str, extra: list[str]) -> Iterator[Server]:
-    port, mport = free_port(), free_port()
+def server(
+    artifact: Path, features: str, work: Path, name: str, extra: list[str], processes: int = 1
+) -> Iterator[Server]:
+    port, mport = free_ports(1 + processes if processes > 1 else 1), free_ports(processes)
     log_path = work / f"server-{name}.log"
     cmd = [sys.executable, "-m", "serving", "--artifact", str(artifact), "--features", features]
-    cmd += ["--port", str(port), "--metrics-port", str(mport), "--reload-interval", "0", *extra]
+    cmd += ["--port", str(port), "--metrics-port", str(mport), "--reload-interval", "0"]
+    cmd += ["--processes", str(processes), *extra]
     with open(log_path, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
-    s = Server(proc, f"127.0.0.1:{port}", f"http://127.0.0.1:{mport}/metrics", log_path)
+    urls = [f"http://127.0.0.1:{mport + i}/metrics" for i in range(processes)]
+    s = Server(proc, f"127.0.0.1:{port}", urls, log_path, processes)
     try:
         wait_ready(s)
         yield s
@@ -178,15 +207,18 @@ def server(artifact: Path, features: str, work: Path, name: str, extra: list[str
 
 
 def wait_ready(s: Server, timeout: float = 180.0) -> None:
+    """Until the server answers health checks and every process's metrics endpoint answers (with
+    `--processes`, a health check reaches whichever process took the connection)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if s.proc.poll() is not None:
             raise SystemExit(f"error: the server exited ({s.proc.returncode}); see {s.log_path}")
-        with contextlib.suppress(grpc.RpcError), grpc.insecure_channel(s.target) as ch:
+        with contextlib.suppress(grpc.RpcError, OSError), grpc.insecure_channel(s.target) as ch:
             reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
             if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                scrape(s.metrics_urls)  # raises until every process is up
                 return
         time.sleep(0.3)
     raise SystemExit(f"error: the server did not become ready in {timeout:.0f} s; see {s.log_path}")
@@ -195,9 +227,21 @@ def wait_ready(s: Server, timeout: float = 180.0) -> None:
 # ------------------------------------------------------------------------------------ load
 
 
-def scrape(metrics_url: str) -> str:
-    """The server's Prometheus exposition, once per snapshot (every reading below parses it)."""
-    return str(urllib.request.urlopen(metrics_url, timeout=5).read().decode())
+def scrape(metrics_urls: list[str]) -> str:
+    """The server's Prometheus exposition, once per snapshot (every reading below parses it); with
+    several processes their expositions one after another (the readings below add samples up)."""
+    return "\n".join(str(urllib.request.urlopen(u, timeout=5).read().decode()) for u in metrics_urls)
+
+
+def process_shares(before: list[str], after: list[str]) -> list[float]:
+    """Each process's share of the Recommend calls between two per-process snapshots."""
+    calls = [
+        histogram_totals(a, "recsys_grpc_request_duration_seconds", "method").get("Recommend", (0.0, 0.0))[1]
+        - histogram_totals(b, "recsys_grpc_request_duration_seconds", "method").get("Recommend", (0.0, 0.0))[1]
+        for b, a in zip(before, after, strict=True)
+    ]
+    total = sum(calls)
+    return [c / total if total else 0.0 for c in calls]
 
 
 def label_value(name: str, key: str) -> str:
@@ -279,7 +323,7 @@ def stage_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[f
 
 
 async def drive(
-    target: str,
+    targets: list[str],
     users: list[str],
     n: int,
     concurrency: int,
@@ -289,35 +333,39 @@ async def drive(
     repeat: int = 1,
 ) -> dict[str, Any]:
     """`n` Recommend calls: closed loop with `concurrency` callers, or open loop at `rate` per second.
-    Users are drawn at random, `repeat` rounds over the same ceil(n / repeat) users."""
+    Users are drawn at random, `repeat` rounds over the same ceil(n / repeat) users. With several
+    `targets` (a server's processes), a channel to each: closed-loop caller i calls through channel
+    i mod len(targets), open-loop call i likewise, so each process takes an equal share."""
     rng = np.random.default_rng(seed)
     drawn = [users[i] for i in rng.integers(0, len(users), -(-n // repeat))]
     picks = (drawn * repeat)[:n]
     latencies: list[float] = []
     errors: dict[str, int] = {}
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = pb_grpc.RecommenderStub(channel)
+    async with contextlib.AsyncExitStack() as stack:
+        stubs = [
+            pb_grpc.RecommenderStub(await stack.enter_async_context(grpc.aio.insecure_channel(t))) for t in targets
+        ]
 
-        async def one(user: str, scheduled: float) -> None:
+        async def one(user: str, scheduled: float, stub: pb_grpc.RecommenderStub) -> None:
             try:
                 await stub.Recommend(pb.RecommendRequest(user_id=user, k=10, retrieval_depth=depth), timeout=10.0)
                 latencies.append(time.perf_counter() - scheduled)
             except grpc.aio.AioRpcError as err:
                 errors[err.code().name] = errors.get(err.code().name, 0) + 1
 
-        for user in picks[: min(20, n)]:  # warm-up: connection, caches, lazy init
-            await one(user, time.perf_counter())
+        for i, user in enumerate(picks[: max(min(20, n), len(stubs))]):  # warm-up: connections, caches, lazy init
+            await one(user, time.perf_counter(), stubs[i % len(stubs)])
         latencies.clear()
         errors.clear()
         started = time.perf_counter()
         if rate is None:
             queue = iter(picks)
 
-            async def caller() -> None:
+            async def caller(stub: pb_grpc.RecommenderStub) -> None:
                 for user in queue:
-                    await one(user, time.perf_counter())
+                    await one(user, time.perf_counter(), stub)
 
-            await asyncio.gather(*(caller() for _ in range(concurrency)))
+            await asyncio.gather(*(caller(stubs[i % len(stubs)]) for i in range(concurrency)))
         else:
             tasks = []
             for i, user in enumerate(picks):
@@ -325,7 +373,7 @@ async def drive(
                 delay = scheduled - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one(user, scheduled)))
+                tasks.append(asyncio.create_task(one(user, scheduled, stubs[i % len(stubs)])))
             await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - started
     ms = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
@@ -343,7 +391,13 @@ async def drive(
 
 
 def run_levels(
-    s: Server, users: list[str], levels: list[int], n: int, rate: float | None, depth: int, repeat: int = 1
+    s: Server,
+    users: list[str],
+    levels: list[int],
+    n: int,
+    rate: float | None,
+    depth: int,
+    repeat: int = 1,
 ) -> list[dict[str, Any]]:
     """Closed loop at each concurrency level, then open loop at `rate` (< 0: 70% of the best
     closed-loop throughput just measured, i.e. a load the server should carry; None: skipped)."""
@@ -357,11 +411,20 @@ def run_levels(
 
 
 def measure(
-    s: Server, users: list[str], n: int, concurrency: int, rate: float | None, depth: int, seed: int, repeat: int = 1
+    s: Server,
+    users: list[str],
+    n: int,
+    concurrency: int,
+    rate: float | None,
+    depth: int,
+    seed: int,
+    repeat: int = 1,
 ) -> dict[str, Any]:
-    before = scrape(s.metrics_url)
-    row = asyncio.run(drive(s.target, users, n, concurrency, rate, depth, seed, repeat))
-    after = scrape(s.metrics_url)
+    parts_before = [scrape([u]) for u in s.metrics_urls]
+    row = asyncio.run(drive(s.targets, users, n, concurrency, rate, depth, seed, repeat))
+    parts_after = [scrape([u]) for u in s.metrics_urls]
+    before, after = "\n".join(parts_before), "\n".join(parts_after)
+    row["process_shares"] = process_shares(parts_before, parts_after)
     row |= stage_means(stage_sums(before), stage_sums(after))
     row |= server_shares(server_buckets(before), server_buckets(after))  # the warm-up's calls included
     row |= gc_delta(before, after)
@@ -384,14 +447,20 @@ def table(title: str, rows: list[dict[str, Any]]) -> str:
         "| load | p50 ms | p95 ms | p99 ms | req/s | errors | fetch ms | queue ms | batch wait ms "
         "| retrieve+rank ms | serialise ms | state-cache hits | server <= 50 / 100 ms | server GC ms (full: n, ms) |"
     )
+    several = any(len(r.get("process_shares", [])) > 1 for r in rows)
+    if several:
+        head += " calls a process |"
     lines = [f"**{title}**", "", head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines[-1] += "---|" if several else ""
     for r in rows:
+        shares = " / ".join(f"{x:.0%}" for x in r.get("process_shares", []))
         lines.append(
             f"| {label(r)} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps']:.1f} | "
             f"{r['errors']} | {r['feature_fetch_ms']:.2f} | {r['queue_ms']:.2f} | {r['batch_wait_ms']:.2f} | "
             f"{r['retrieval_and_ranking_ms']:.2f} | {r['serialization_ms']:.3f} | {r['state_cache_hit_rate']:.0%} | "
             f"{r['server_within_50ms']:.1%} / {r['server_within_100ms']:.1%} | "
             f"{r['server_gc_ms']:.0f} ({r['server_full_gcs']:.0f}, {r['server_full_gc_ms']:.0f}) |"
+            + (f" {shares} |" if several else "")
         )
     return "\n".join(lines)
 
@@ -442,6 +511,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--baseline-requests", type=int, default=300, help="requests per level for the naive baseline")
     p.add_argument("--server-args", default="", help="extra flags for the fast server, e.g. '--workers 2'")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="server processes sharing the port for the fast server (its --processes; default %(default)s)",
+    )
     p.add_argument("--work-dir", type=Path, help="keep the log, artifact and server logs here")
     p.add_argument("--plot", type=Path, help="latency plot (PNG); default: beside --json, else runs/bench_serve.png")
     p.add_argument("--json", type=Path, help="write the results as JSON")
@@ -460,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(e))
     if args.repeat < 1:
         p.error(f"--repeat must be >= 1, got {args.repeat}")
+    if args.processes < 1:
+        p.error(f"--processes must be >= 1, got {args.processes}")
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     levels = [int(x) for x in args.levels.split(",")]
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-serve-"))
@@ -476,9 +553,10 @@ def main(argv: list[str] | None = None) -> int:
             cwd=ROOT,
             check=True,
         )
-        with server(art, url, work, "fast", args.server_args.split()) as s:
+        with server(art, url, work, "fast", args.server_args.split(), args.processes) as s:
             fast = run_levels(s, users, levels, args.requests, args.rate or None, args.candidates, args.repeat)
-            fast_flags = " ".join(args.server_args.split()) or "defaults"
+            flags = [*(["--processes", str(args.processes)] if args.processes > 1 else []), *args.server_args.split()]
+            fast_flags = " ".join(flags) or "defaults"
         with server(art, url, work, "naive", NAIVE_FLAGS) as s:
             naive = run_levels(s, users, levels, args.baseline_requests, None, args.candidates, args.repeat)
     if args.plot is None:  # never into the checkout's root, where git would see it
@@ -508,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
             "index": manifest["index"],
             "speedup_p50": b1["p50_ms"] / c1["p50_ms"],
             "server_args": args.server_args,
+            "processes": args.processes,
             "repeat": args.repeat,
             "model_overrides": args.set,
             "mlp_dims": manifest["model_config"]["mlp_dims"],

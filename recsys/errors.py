@@ -45,6 +45,12 @@ class ResourceExhausted(RecsysError):
     code = "RESOURCE_EXHAUSTED"
 
 
+class FailedPrecondition(RecsysError):
+    """The call is valid but the system is not in a state to run it (the message says what to do)."""
+
+    code = "FAILED_PRECONDITION"
+
+
 class DataValidationError(InvalidArgument):
     """A click log, item table or user table that cannot be used as given.
 

@@ -16,9 +16,10 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from recsys.errors import RecsysError
+from recsys.errors import InvalidArgument, RecsysError
 from serving.config import LOG_FORMATS, LOG_LEVELS, PRECISIONS, SCORERS, ServerConfig, load_config, parse_list
 from serving.logs import setup_logging
+from serving.processes import effective_processes, supervise
 from serving.server import serve
 
 _DEFAULTS = ServerConfig(artifact="-")
@@ -38,6 +39,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    f"(default {d.features})")  # fmt: skip
     p.add_argument("--host", help=f"bind address, 0.0.0.0 in a container (default {d.host})")
     p.add_argument("--port", type=int, help=f"0 picks a free port (default {d.port})")
+    p.add_argument(
+        "--processes",
+        type=int,
+        help=f"server processes sharing the port, 0 = one per core (default {d.processes}; serving.processes)",
+    )
+    p.add_argument("--process-slot", help=argparse.SUPPRESS)  # "i/N": set by the supervisor for its children
     p.add_argument("--workers", type=int, help=f"threads handling requests (default {d.workers})")
     p.add_argument("--torch-threads", type=int, help=f"torch intra-op threads, 0 = auto (default {d.torch_threads})")
     p.add_argument(
@@ -84,13 +91,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def parse_slot(text: str | None) -> tuple[int, int] | None:
+    """`--process-slot i/N` (the supervisor's child i of N) as (i, N)."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        i, n = -1, 0
+    if not 0 <= i < n:
+        raise InvalidArgument(f"--process-slot {text!r} is invalid; fix: leave it to the supervisor (--processes)")
+    return i, n
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     try:
         flags = vars(parse_args(argv))
         path = flags.pop("config", None)
+        slot = parse_slot(flags.pop("process_slot", None))
         config = load_config(flags, os.environ if env is None else env, path=path)
         setup_logging(config.log_level, config.log_format)
-        asyncio.run(serve(config))
+        if slot is None and effective_processes(config) > 1:
+            return supervise(config, sys.argv[1:] if argv is None else list(argv))
+        asyncio.run(serve(config, slot or (0, 1)))
     except RecsysError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

@@ -46,6 +46,9 @@ class ServerConfig:
     host: str = "127.0.0.1"  # bind address (gRPC and metrics); "0.0.0.0" inside a container, loopback by default
     port: int = 50051  # 0 picks a free port (tests read the bound one from App.port)
     max_history: int = 200  # events kept per user by the store; the model reads only its newest few
+    # Server processes sharing the port (SO_REUSEPORT), each with its own model thread and interpreter
+    # lock, under a supervisor (serving.processes); 0 = one per core. Needs a shared store (redis://).
+    processes: int = 1
     # Threads handling requests: feature-store I/O, and waiting for the model thread (or, with
     # batch_max=0, computing). Requests beyond them queue; batches can only be as large as this allows.
     workers: int = 32
@@ -111,6 +114,7 @@ class ServerConfig:
             ("artifact", bool(self.artifact), "pass --artifact DIR (or artifact in the config, or RECSYS_ARTIFACT)"),
             ("port", 0 <= self.port <= 65535, "use 0..65535 (0 = any free port)"),
             ("max_history", self.max_history >= 1, "use >= 1"),
+            ("processes", self.processes >= 0, "use >= 1, or 0 for one per core"),
             ("workers", self.workers >= 1, "use >= 1"),
             ("max_message_bytes", self.max_message_bytes >= 1024, "use >= 1024"),
             ("grace_s", self.grace_s >= 0, "use >= 0 seconds"),

@@ -42,7 +42,7 @@ from grpc_reflection.v1alpha import reflection
 
 from proto.recsys.v1 import recommender_pb2 as pb
 from proto.recsys.v1 import recommender_pb2_grpc as pb_grpc
-from recsys.errors import InvalidArgument, Unavailable
+from recsys.errors import FailedPrecondition, InvalidArgument, Unavailable
 from recsys.fast import keep_freed_memory
 from recsys.features import Event, FeatureStore
 from recsys.index import set_search_threads
@@ -153,10 +153,17 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 class AdminServicer(pb_grpc.AdminServicer):
     """recsys.v1.Admin: proto -> `ModelReloader` -> proto."""
 
-    def __init__(self, reloader: ModelReloader) -> None:
+    def __init__(self, reloader: ModelReloader, processes: int = 1) -> None:
         self._reloader = reloader
+        self._processes = processes
 
     async def Reload(self, request: pb.ReloadRequest, context: Any) -> pb.ReloadResponse:
+        if request.HasField("version") and self._processes > 1:
+            raise FailedPrecondition(
+                f"version: reloading {request.version!r} would reach one of this server's {self._processes} "
+                "processes; fix: promote it (python -m training registry promote VERSION), which every process "
+                "follows, or call Reload without a version to re-read LATEST"
+            )
         version, changed = await self._reloader.reload(request.version if request.HasField("version") else None)
         return pb.ReloadResponse(model_version=version, changed=changed)
 
@@ -184,7 +191,7 @@ class App:
     @property
     def target(self) -> str:
         """What a client on this machine dials, e.g. "127.0.0.1:50051" (loopback for a wildcard host)."""
-        return _address(_dial_host(self.config.host), self.port)
+        return _address(dial_host(self.config.host), self.port)
 
     @property
     def metrics_port(self) -> int:
@@ -231,11 +238,12 @@ class App:
         await self.stop()
 
 
-async def build_server(config: ServerConfig) -> App:
+async def build_server(config: ServerConfig, slot: tuple[int, int] = (0, 1)) -> App:
     """Load and warm up the model, open (and for memory:// seed) the store, and assemble an unstarted
     server with the Recommender and Admin services, health (SERVING for "" and each service),
     reflection and the interceptors. Raises `ArtifactError` for a bad artifact, `InvalidArgument` for a
-    bad store URL or unreadable TLS files, `Unavailable` when the store or the port cannot be had."""
+    bad store URL or unreadable TLS files, `Unavailable` when the store or the port cannot be had.
+    `slot` (i, N): this is process i of N sharing the port (`serving.processes`)."""
     # Process-wide and deliberate: with the model thread, one computation at a time uses every core;
     # without it, parallelism comes from the workers and intra-op threads would oversubscribe the cores.
     threads = torch_threads(config)
@@ -279,11 +287,12 @@ async def build_server(config: ServerConfig) -> App:
             options=[
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.max_receive_message_length", config.max_message_bytes),
-                ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not share it
+                # a second server on a busy port must fail, not share it; the supervisor's children share it
+                ("grpc.so_reuseport", int(slot[1] > 1)),
             ],
         )
         pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(service, executor, metrics), server)
-        pb_grpc.add_AdminServicer_to_server(AdminServicer(reloader), server)
+        pb_grpc.add_AdminServicer_to_server(AdminServicer(reloader, slot[1]), server)
 
         health = grpc_health.aio.HealthServicer()
         for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
@@ -293,16 +302,10 @@ async def build_server(config: ServerConfig) -> App:
             (SERVICE_NAME, ADMIN_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
         )
 
-        address = _address(config.host, config.port)
-        try:
-            if credentials is None:
-                port = server.add_insecure_port(address)
-            else:
-                port = server.add_secure_port(address, credentials)
-        except RuntimeError as err:  # grpc reports a failed bind as RuntimeError
-            raise Unavailable(f"cannot listen on {address} ({err}); fix: pick a free --port or --host") from None
-        if port == 0:
-            raise Unavailable(f"cannot listen on {address}; fix: pick a free --port or --host")
+        # the port, and for process i of N > 1 also a port of its own, port + 1 + i (serving.processes)
+        wanted = [config.port, *([config.port + 1 + slot[0]] if slot[1] > 1 else [])]
+        bound = [_listen(server, _address(config.host, want), credentials) for want in wanted]
+        port = bound[0]
     except BaseException:
         executor.shutdown(wait=False)
         store.close()
@@ -321,8 +324,9 @@ async def build_server(config: ServerConfig) -> App:
     )
 
 
-async def serve(config: ServerConfig) -> None:
-    """Build, start, and run until SIGTERM or SIGINT; then stop gracefully (`config.grace_s`)."""
+async def serve(config: ServerConfig, slot: tuple[int, int] = (0, 1)) -> None:
+    """Build, start, and run until SIGTERM or SIGINT; then stop gracefully (`config.grace_s`). `slot`:
+    process i of N under `serving.processes`."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     # Installed before the (slow) model load, so a SIGTERM during start-up also ends cleanly.
@@ -330,24 +334,25 @@ async def serve(config: ServerConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         logger.info("effective config: %s", json.dumps(config.masked(), sort_keys=True))
-        if config.auth_enabled and not config.tls_cert and _dial_host(config.host) not in _LOOPBACK:
+        if config.auth_enabled and not config.tls_cert and dial_host(config.host) not in _LOOPBACK:
             logger.warning("tokens are configured without TLS: they cross the network in clear text; fix: --tls-cert")
         if config.read_tokens and not config.write_tokens:
             logger.warning("read tokens but no write tokens: RecordEvents and Admin calls will all be refused")
-        app = await build_server(config)
+        app = await build_server(config, slot)
         if stop.is_set():
             await app.stop(0)
             return
         await app.start()
         model = app.service.recommender
         logger.info(
-            "serving %s model %s (%d items) on %s (%s); metrics %s; %d workers; %s, %d torch threads",
+            "serving %s model %s (%d items) on %s (%s%s); metrics %s; %d workers; %s, %d torch threads",
             SERVICE_NAME,
             model.version,
             model.n_items,
             app.target,
             "TLS" if config.tls_cert else "plaintext",
-            f"http://{_address(_dial_host(config.host), app.metrics_port)}/metrics" if app.metrics_port else "off",
+            f", process {slot[0]} of {slot[1]}" if slot[1] > 1 else "",
+            f"http://{_address(dial_host(config.host), app.metrics_port)}/metrics" if app.metrics_port else "off",
             config.workers,
             f"one model thread, batches of up to {config.batch_max}" if config.batch_max else "no batching",
             torch_threads(config),
@@ -371,6 +376,19 @@ def torch_threads(config: ServerConfig) -> int:
     return len(os.sched_getaffinity(0)) if config.batch_max else 1
 
 
+def _listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    """Bind `address`; the bound port (for port 0, the one picked)."""
+    try:
+        port = (
+            server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
+        )
+    except RuntimeError as err:  # grpc reports a failed bind as RuntimeError
+        raise Unavailable(f"cannot listen on {address} ({err}); fix: pick a free --port or --host") from None
+    if port == 0:
+        raise Unavailable(f"cannot listen on {address}; fix: pick a free --port or --host")
+    return int(port)
+
+
 def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     if not config.tls_cert:
         return None
@@ -386,7 +404,8 @@ def _server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(pems[0], pems[1])])
 
 
-def _dial_host(host: str) -> str:
+def dial_host(host: str) -> str:
+    """The address a client on this machine dials for a bind address (loopback for a wildcard)."""
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
 

@@ -49,6 +49,25 @@ def test_bench_serve_runs_against_real_redis_and_servers(tmp_path: Path) -> None
     assert "baseline / fast" in done.stdout
 
 
+def test_bench_serve_drives_every_process_of_a_multi_process_server(tmp_path: Path) -> None:
+    out = tmp_path / "serve.json"
+    done = _run(
+        "bench.serve",
+        *("--items", "400", "--users", "60", "--events", "12", "--candidates", "50", "--levels", "4"),
+        *("--requests", "40", "--rate", "0", "--baseline-requests", "10", "--processes", "2"),
+        *("--json", str(out), "--set", "model.mlp_dims=[64,32]"),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["processes"] == 2 and "--processes 2" in done.stdout
+    (level,) = result["levels"]
+    assert level["errors"] == 0 and level["retrieval_and_ranking_ms"] > 0, level  # both processes' metrics read
+    # four callers over the two processes' own ports, two on each (a caller takes the next call when it is
+    # free, so the split is near even, not exact)
+    assert len(level["process_shares"]) == 2 and min(level["process_shares"]) > 0.25, level
+    assert result["baseline"]["process_shares"] == [1.0]
+
+
 def test_bench_retrieval_prints_the_recall_latency_table(tmp_path: Path) -> None:
     out = tmp_path / "retrieval.json"
     done = _run(

@@ -61,6 +61,7 @@ def test_flags_override_env_override_toml_override_defaults(tmp_path: Path) -> N
         ("port = \n", {}, "not valid TOML"),
         ("", {"RECSYS_WORKERS": "many"}, "environment variable RECSYS_WORKERS: 'many' is not an integer"),
         ("", {"RECSYS_CACHE_SIZE": "-1"}, "cache_size=-1 is invalid"),
+        ("processes = -1\n", {}, "processes=-1 is invalid; fix: use >= 1, or 0 for one per core"),
         ("parallel_min_mflop = -5.0\n", {}, "parallel_min_mflop=-5.0 is invalid"),
         ("", {"RECSYS_RETRIEVAL_BLEND": "-0.5"}, "retrieval_blend=-0.5 is invalid; fix: use -1 (the artifact's"),
     ],
