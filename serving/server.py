@@ -10,7 +10,8 @@ dedicated `ThreadPoolExecutor` of `config.workers` threads; model calls run on o
 (`serving.batching.ModelThread`) with `torch_threads` intra-op threads (default: the process's cores),
 which batches concurrent Recommend calls. With `batch_max=0` the workers compute themselves, each
 with `torch_threads` (default 1), and workers * torch_threads should not exceed the cores given to the
-container. Requests beyond `workers` wait in the executor's queue, not on the loop, and at most
+container. (One process computes through one interpreter lock: `serving.processes` runs several on one
+port.) Requests beyond `workers` wait in the executor's queue, not on the loop, and at most
 `config.max_concurrent` are admitted at once. A call whose deadline passes while it waits is never
 computed.
 """
