@@ -34,7 +34,15 @@ from training.baselines import (
     catalogue_scorer,
     items_scorer,
 )
-from training.dataset import EncodedLog, Split, leave_one_out, mine_hard_negatives, next_item_windows
+from training.dataset import (
+    EncodedLog,
+    Examples,
+    Split,
+    leave_one_out,
+    mine_hard_negatives,
+    next_item_windows,
+    sample_negatives,
+)
 from training.evaluate import ctr_metrics, gauc, rank_metrics, score_ranks
 from training.pipeline import TrainReport, build_model
 from training.trainer import (
@@ -45,6 +53,7 @@ from training.trainer import (
     epoch_examples,
     epoch_size,
     fit,
+    grouped_permutation,
 )
 
 SIZES = ModelConfig(
@@ -303,6 +312,66 @@ def test_the_time_budget_cuts_an_epoch_short(encoded: tuple[EncodedLog, ModelCon
     assert result.examples_per_second > 0
     # the learning-rate schedule was shortened to the budget: it ends right after the steps taken
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["horizon"] == BUDGET_CHECK_STEPS + 1
+
+
+def reference_epoch(data: EncodedLog, split: Split, tc: TrainConfig, epoch: int, model: BST | None) -> Examples:
+    """The epoch as `epoch_examples` built it until 2026-12-07: the parts materialised as `Examples`
+    (sample_negatives, mine_hard_negatives) and concatenated, from the same random stream."""
+    rng = np.random.default_rng([tc.seed, epoch])
+    train = split.train
+    pos = train.subset(np.flatnonzero(train.label > 0.5))
+    parts = [pos]
+    if tc.real_negatives != "never":
+        parts.append(train.subset(np.flatnonzero(train.label < 0.5)))
+    if tc.real_negatives != "only":
+        parts.append(sample_negatives(data, pos, tc.negatives, rng, tc.negative_sampling, split.popularity))
+    if model is not None and epoch > 0 and tc.hard_negatives > 0:
+        mined, in_pool = mine_hard_negatives(model, data, pos, tc.hard_negatives, tc.hard_pool, rng)
+        parts.append(mined)
+        parts[0] = dataclasses.replace(pos, listwise=in_pool)
+    return Examples.concat(parts)
+
+
+@pytest.mark.parametrize(
+    ("real", "negatives", "sampling"),
+    [("add", 1, "uniform"), ("add", 3, "popularity"), ("only", 1, "uniform"), ("never", 0, "uniform")],
+)
+def test_the_compact_epoch_holds_the_rows_and_order_of_the_concatenated_one(
+    encoded: tuple[EncodedLog, ModelConfig], real: str, negatives: int, sampling: str
+) -> None:
+    """`epoch_examples` keeps an epoch as rows of the training split plus each row's own target, label
+    and listwise flag (`Epoch`); every row, every step's materialised batch and the grouped order equal
+    the concatenated `Examples` it replaced, with and without mined negatives, real negatives, and
+    popularity sampling."""
+    data, cfg = encoded
+    full = leave_one_out(data)
+    n = len(full.train)  # (positives first, then the log's real negatives)
+    split = Split(full.train.subset(np.r_[0:1200, n - 300 : n]), full.valid, full.test, full.popularity)
+    assert (split.train.label < 0.5).any() and (split.train.label > 0.5).any()
+    model = BST(cfg)
+    model.load_state_dict(data.featurizer.side_buffers(), strict=False)
+    tc = TrainConfig(
+        negatives=negatives, real_negatives=real, negative_sampling=sampling, hard_negatives=2, hard_pool=20
+    )  # type: ignore[arg-type]
+    for epoch in (0, 1):
+        compact, reference = (
+            epoch_examples(data, split, tc, epoch, model),
+            reference_epoch(data, split, tc, epoch, model),
+        )
+        assert len(compact) == len(reference)
+        rows = np.random.default_rng(epoch).permutation(len(reference))[:256]
+        got, want = compact.subset(rows), reference.subset(rows)
+        for f in Examples.FIELDS:
+            np.testing.assert_array_equal(getattr(got, f), getattr(want, f), err_msg=f)
+            np.testing.assert_array_equal(getattr(compact, f), getattr(reference, f), err_msg=f)
+        np.testing.assert_array_equal(compact.history_groups(), reference.history_groups())
+        perms = [grouped_permutation(e, np.random.default_rng([0, epoch, 1])) for e in (compact, reference)]
+        np.testing.assert_array_equal(*perms)
+        batch = _Collate(data, compact, None)([(perms[0][:64], np.zeros(0, np.int64))])
+        expected = _Collate(data, reference, None)([(perms[0][:64], np.zeros(0, np.int64))])
+        assert batch.keys() == expected.keys()
+        for k in batch:
+            assert torch.equal(batch[k], expected[k]), k
 
 
 @pytest.mark.parametrize("real", ["add", "only", "never"])

@@ -53,6 +53,53 @@ class Examples:
         return Examples(*(np.concatenate([getattr(p, f) for p in parts]) for f in Examples.FIELDS))
 
 
+@dataclass
+class Epoch:
+    """One epoch's training rows, holding only what is not in the training split: row r is `base` row
+    `src[r]` (its user, history end and time) with its own target, label and listwise flag. A sampled
+    or mined negative repeats its positive's row, so a row costs 10 bytes here (with 32-bit indices)
+    where a materialised `Examples` row costs 37, and no part is copied to be concatenated (README,
+    Large logs). `subset` materialises a step's rows; they equal those of the concatenated `Examples`
+    the epoch was built as before (tests/test_baselines.py holds the two equal)."""
+
+    base: Examples
+    src: np.ndarray  # (n,) rows of base
+    target: np.ndarray  # (n,) item index
+    positive: np.ndarray  # (n,) bool: label 1
+    listwise: np.ndarray  # (n,) bool, as `Examples.listwise`
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    @property
+    def user(self) -> np.ndarray:
+        return self.base.user[self.src]
+
+    @property
+    def end(self) -> np.ndarray:
+        return self.base.end[self.src]
+
+    @property
+    def time(self) -> np.ndarray:
+        return self.base.time[self.src]
+
+    @property
+    def label(self) -> np.ndarray:
+        return self.positive.astype(np.float32)
+
+    def subset(self, rows: np.ndarray) -> Examples:
+        src = self.src[rows]
+        b = self.base
+        target, label = self.target[rows].astype(np.int64), self.positive[rows].astype(np.float32)
+        return Examples(b.user[src], b.end[src], target, label, b.time[src], self.listwise[rows])
+
+    def history_groups(self) -> np.ndarray:
+        """As `Examples.history_groups` (the same ids: both rank the distinct (user, end) pairs)."""
+        b = self.base
+        key = b.user.astype(np.int64) * (int(b.end.max(initial=0)) + 1) + b.end
+        return dense_ranks(key[self.src])
+
+
 def dense_ranks(key: np.ndarray) -> np.ndarray:
     """(n,) int64: each key's index among the sorted distinct keys, as `np.unique(key,
     return_inverse=True)[1]`, with at most four arrays of the key's length alive at once (the key, the
@@ -313,6 +360,28 @@ def next_item_windows(data: EncodedLog, train: Examples, length: int) -> Windows
     return Windows(inputs, targets)
 
 
+def negative_items(
+    data: EncodedLog,
+    targets: np.ndarray,
+    n: int,
+    rng: np.random.Generator,
+    how: str = "uniform",
+    popularity: np.ndarray | None = None,
+) -> np.ndarray:
+    """(len(targets) * n,) int64 items, `n` a target in a row, each != its target: the negatives'
+    items of `sample_negatives`, drawn from `rng` the same way."""
+    reps = targets if n == 1 else np.repeat(targets, n)
+    if how == "popularity":
+        counts = data.popularity if popularity is None else popularity
+        p = counts[FIRST_ITEM:].astype(np.float64) + 1.0
+        draw = rng.choice(len(p), size=len(reps), p=p / p.sum()) + FIRST_ITEM
+    else:
+        draw = rng.integers(FIRST_ITEM, data.n_items, size=len(reps))
+    clash = draw == reps
+    draw[clash] = FIRST_ITEM + (draw[clash] - FIRST_ITEM + 1) % (data.n_items - FIRST_ITEM)
+    return draw.astype(np.int64, copy=False)
+
+
 def sample_negatives(
     data: EncodedLog,
     pos: Examples,
@@ -325,18 +394,10 @@ def sample_negatives(
     if n <= 0 or len(pos) == 0:
         return pos.subset(np.zeros(0, np.int64))
     reps = pos if n == 1 else pos.subset(np.repeat(np.arange(len(pos)), n))  # (arrays are never written to)
-    if how == "popularity":
-        counts = data.popularity if popularity is None else popularity
-        p = counts[FIRST_ITEM:].astype(np.float64) + 1.0
-        draw = rng.choice(len(p), size=len(reps), p=p / p.sum()) + FIRST_ITEM
-    else:
-        draw = rng.integers(FIRST_ITEM, data.n_items, size=len(reps))
-    clash = draw == reps.target
-    draw[clash] = FIRST_ITEM + (draw[clash] - FIRST_ITEM + 1) % (data.n_items - FIRST_ITEM)
-    return Examples(reps.user, reps.end, draw.astype(np.int64), np.zeros(len(reps), np.float32), reps.time)
+    draw = negative_items(data, pos.target, n, rng, how, popularity)
+    return Examples(reps.user, reps.end, draw, np.zeros(len(reps), np.float32), reps.time)
 
 
-@torch.inference_mode()
 def mine_hard_negatives(
     model: BST, data: EncodedLog, pos: Examples, n: int, pool: int, rng: np.random.Generator, batch_size: int = 1024
 ) -> tuple[Examples, np.ndarray]:
@@ -346,6 +407,17 @@ def mine_hard_negatives(
     ever orders such lists). (negatives, in_pool (len(pos),) bool)."""
     if n <= 0 or len(pos) == 0:
         return pos.subset(np.zeros(0, np.int64)), np.zeros(len(pos), bool)
+    items, in_pool = hard_negative_items(model, data, pos, n, pool, rng, batch_size)
+    reps = pos.subset(np.repeat(np.arange(len(pos)), n))
+    return Examples(reps.user, reps.end, items, np.zeros(len(reps), np.float32), reps.time), in_pool
+
+
+@torch.inference_mode()
+def hard_negative_items(
+    model: BST, data: EncodedLog, pos: Examples, n: int, pool: int, rng: np.random.Generator, batch_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """The items of `mine_hard_negatives`' negatives ((len(pos) * n,) int64, `n` a positive in a row)
+    and its `in_pool`, for `n` >= 1 and at least one positive."""
     was_training = model.training
     model.eval()
     vectors = model.item_vectors()  # (N, d)
@@ -364,12 +436,4 @@ def mine_hard_negatives(
         cols = rng.integers(0, pool, size=(len(part), n))
         draws.append(np.take_along_axis(top, cols, axis=1))
     model.train(was_training)
-    reps = pos.subset(np.repeat(np.arange(len(pos)), n))
-    negatives = Examples(
-        reps.user,
-        reps.end,
-        np.concatenate(draws).reshape(-1).astype(np.int64),
-        np.zeros(len(reps), np.float32),
-        reps.time,
-    )
-    return negatives, np.concatenate(in_pool)
+    return np.concatenate(draws).reshape(-1).astype(np.int64), np.concatenate(in_pool)

@@ -5,7 +5,6 @@ learning-curve PNG. Test data never reaches this module: selection is on validat
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -28,10 +27,12 @@ from recsys.model import BST
 from recsys.recommender import MAX_RETRIEVAL_DEPTH
 from training.dataset import (
     EncodedLog,
+    Epoch,
     Examples,
     Split,
     Windows,
-    mine_hard_negatives,
+    hard_negative_items,
+    negative_items,
     next_item_windows,
     sample_negatives,
     to_device,
@@ -128,7 +129,7 @@ class FitResult:
 class _Collate:
     """Picklable collate for DataLoader workers: (example rows, window rows) -> model inputs."""
 
-    def __init__(self, data: EncodedLog, examples: Examples, windows: Windows | None):
+    def __init__(self, data: EncodedLog, examples: Examples | Epoch, windows: Windows | None):
         self.data, self.examples, self.windows = data, examples, windows
 
     def __call__(self, chunk: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, torch.Tensor]:
@@ -174,7 +175,7 @@ def window_steps(windows: Windows | None, passes: int, steps: int, rng: np.rando
     return [out[i] for i in perm]
 
 
-def grouped_permutation(examples: Examples, rng: np.random.Generator) -> np.ndarray:
+def grouped_permutation(examples: Examples | Epoch, rng: np.random.Generator) -> np.ndarray:
     """A random order of the examples in which those sharing a history (same user and history end: a
     positive and its sampled and mined negatives) are adjacent; groups and members in random order."""
     group = examples.history_groups()
@@ -198,9 +199,10 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 def epoch_examples(
     data: EncodedLog, split: Split, cfg: TrainConfig, epoch: int, model: nn.Module | None = None
-) -> Examples:
+) -> Epoch:
     """Training positives plus negatives: fresh samples each epoch, the log's label-0 rows, and from
-    the second epoch hard negatives from the retrieval head (`model`).
+    the second epoch hard negatives from the retrieval head (`model`). In this row order: positives,
+    real negatives, sampled negatives (`cfg.negatives` a positive, in a row), mined ones.
 
     Sampled negatives are kept beside real ones by default: a ranker trained only on impressions
     (which skew popular) learns "popular means not clicked" and ranks retrieval's candidates badly;
@@ -209,15 +211,21 @@ def epoch_examples(
     rng = np.random.default_rng([cfg.seed, epoch])
     train = split.train
     is_pos = train.label > 0.5
-    pos = train if is_pos.all() else train.subset(np.flatnonzero(is_pos))  # no copy when all are positives
-    parts = [pos]
+    pos_rows = np.flatnonzero(is_pos)
+    pos = train if len(pos_rows) == len(train) else train.subset(pos_rows)  # no copy when all are positives
+    # (src rows, targets, positive, listwise) of each part, in the epoch's row order
+    parts: list[tuple[np.ndarray, np.ndarray, bool, np.ndarray | bool]] = [
+        (pos_rows, pos.target, True, np.asarray(pos.listwise))
+    ]
     if cfg.real_negatives != "never":
-        parts.append(train.subset(np.flatnonzero(train.label < 0.5)))
-    if cfg.real_negatives != "only":
-        parts.append(sample_negatives(data, pos, cfg.negatives, rng, cfg.negative_sampling, split.popularity))
-    if isinstance(model, BST) and epoch > 0 and cfg.hard_negatives > 0:
-        mined, in_pool = mine_hard_negatives(model, data, pos, cfg.hard_negatives, cfg.hard_pool, rng)
-        parts.append(mined)
+        neg_rows = np.flatnonzero(~is_pos)
+        parts.append((neg_rows, train.target[neg_rows], False, np.asarray(train.listwise)[neg_rows]))
+    if cfg.real_negatives != "only" and cfg.negatives > 0 and len(pos_rows):
+        items = negative_items(data, pos.target, cfg.negatives, rng, cfg.negative_sampling, split.popularity)
+        parts.append((np.repeat(pos_rows, cfg.negatives), items, False, True))
+    if isinstance(model, BST) and epoch > 0 and cfg.hard_negatives > 0 and len(pos_rows):
+        items, in_pool = hard_negative_items(model, data, pos, cfg.hard_negatives, cfg.hard_pool, rng)
+        parts.append((np.repeat(pos_rows, cfg.hard_negatives), items, False, True))
         # the listwise loss takes only the lists the served ranker faces: a positive inside retrieval's
         # top `hard_pool`, against that pool. Taking every positive against its mined negatives taught the
         # ranker that a high retrieval score means "not clicked" (most training positives lie outside the
@@ -225,8 +233,22 @@ def epoch_examples(
         # (Amazon Beauty, seed 0: 0.0516 at K = 50 against the log loss alone's 0.0691; README, Results).
         # Without mining (the first epoch, or hard_negatives=0) every positive stays listed, against its
         # sampled negatives.
-        parts[0] = dataclasses.replace(pos, listwise=in_pool)
-    return Examples.concat(parts)
+        parts[0] = (pos_rows, pos.target, True, in_pool)
+    n = sum(len(p[0]) for p in parts)
+    epoch_rows = Epoch(
+        train,
+        np.empty(n, np.int32 if len(train) < 2**31 else np.int64),
+        np.empty(n, np.int32 if data.n_items < 2**31 else np.int64),
+        np.empty(n, bool),
+        np.empty(n, bool),
+    )
+    at = 0
+    for rows, targets, positive, listwise in parts:
+        part = slice(at, at + len(rows))
+        epoch_rows.src[part], epoch_rows.target[part] = rows, targets
+        epoch_rows.positive[part], epoch_rows.listwise[part] = positive, listwise
+        at += len(rows)
+    return epoch_rows
 
 
 def epoch_size(split: Split, cfg: TrainConfig, mined: bool = False) -> int:
