@@ -92,6 +92,10 @@ def test_server_publishes_grpc_and_metrics(services):
     assert "-m serving" in command
     assert f"--port {GRPC_PORT}" in command
     assert "--features redis://redis:6379/0" in command
+    # with --processes N, process i serves metrics on 9100 + i: each one's port is published
+    words = command.split()
+    processes = int(words[words.index("--processes") + 1]) if "--processes" in words else 1
+    assert {str(9100 + i) for i in range(processes)} <= published
 
 
 def test_server_healthcheck_uses_grpc_health(services):
