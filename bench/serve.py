@@ -56,6 +56,7 @@ from proto.recsys.v1 import recommender_pb2 as pb
 from proto.recsys.v1 import recommender_pb2_grpc as pb_grpc
 from recsys.config import check_prefixes
 from recsys.errors import InvalidArgument
+from serving.processes import reserve_ports
 
 log = logging.getLogger("bench.serve")
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,20 +83,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def free_ports(n: int) -> int:
-    """The first of `n` consecutive free ports (the metrics ports of `--processes n`)."""
-    for _ in range(100):
-        base = free_port()
-        try:
-            with contextlib.ExitStack() as stack:
-                for p in range(base, base + n):
-                    stack.enter_context(socket.socket()).bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-    raise SystemExit(f"error: no {n} consecutive free ports for the servers' metrics")
 
 
 # ------------------------------------------------------------------------------------ setup
@@ -186,7 +173,9 @@ class Server:
 def server(
     artifact: Path, features: str, work: Path, name: str, extra: list[str], processes: int = 1
 ) -> Iterator[Server]:
-    port, mport = free_ports(1 + processes if processes > 1 else 1), free_ports(processes)
+    # the port and, with several processes, one of each's own after it; the metrics ports in a row
+    port = reserve_ports("127.0.0.1", 0, processes if processes > 1 else 0)
+    mport = reserve_ports("127.0.0.1", 0, processes - 1)
     log_path = work / f"server-{name}.log"
     cmd = [sys.executable, "-m", "serving", "--artifact", str(artifact), "--features", features]
     cmd += ["--port", str(port), "--metrics-port", str(mport), "--reload-interval", "0"]
@@ -391,13 +380,7 @@ async def drive(
 
 
 def run_levels(
-    s: Server,
-    users: list[str],
-    levels: list[int],
-    n: int,
-    rate: float | None,
-    depth: int,
-    repeat: int = 1,
+    s: Server, users: list[str], levels: list[int], n: int, rate: float | None, depth: int, repeat: int = 1
 ) -> list[dict[str, Any]]:
     """Closed loop at each concurrency level, then open loop at `rate` (< 0: 70% of the best
     closed-loop throughput just measured, i.e. a load the server should carry; None: skipped)."""
@@ -411,14 +394,7 @@ def run_levels(
 
 
 def measure(
-    s: Server,
-    users: list[str],
-    n: int,
-    concurrency: int,
-    rate: float | None,
-    depth: int,
-    seed: int,
-    repeat: int = 1,
+    s: Server, users: list[str], n: int, concurrency: int, rate: float | None, depth: int, seed: int, repeat: int = 1
 ) -> dict[str, Any]:
     parts_before = [scrape([u]) for u in s.metrics_urls]
     row = asyncio.run(drive(s.targets, users, n, concurrency, rate, depth, seed, repeat))

@@ -303,10 +303,9 @@ async def build_server(config: ServerConfig, slot: tuple[int, int] = (0, 1)) -> 
             (SERVICE_NAME, ADMIN_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
         )
 
-        # the port, and for process i of N > 1 also a port of its own, port + 1 + i (serving.processes)
-        wanted = [config.port, *([config.port + 1 + slot[0]] if slot[1] > 1 else [])]
-        bound = [_listen(server, _address(config.host, want), credentials) for want in wanted]
-        port = bound[0]
+        port = _listen(server, _address(config.host, config.port), credentials)
+        if slot[1] > 1:  # process i of N also listens on a port of its own, port + 1 + i (serving.processes)
+            _listen(server, _address(config.host, config.port + 1 + slot[0]), credentials)
     except BaseException:
         executor.shutdown(wait=False)
         store.close()

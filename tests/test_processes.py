@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from bench.serve import free_ports
 from serving.client import RecommenderClient
+from serving.processes import reserve_ports
 from tests.conftest import ROOT
 from tests.test_e2e import redis_url
 
@@ -66,7 +66,7 @@ def supervisor(artifact: Path, features: str, port: int, mport: int, *extra: str
 
 
 def test_two_processes_share_the_port_and_the_store_and_a_dead_one_comes_back(trained, redis_proc) -> None:
-    port, mport = free_ports(3), free_ports(2)
+    port, mport = reserve_ports("127.0.0.1", 0, 2), reserve_ports("127.0.0.1", 0, 1)
     with supervisor(trained.artifact, redis_url(redis_proc), port, mport, "--cache-ttl", "0") as proc:
         own = [f"127.0.0.1:{port + 1}", f"127.0.0.1:{port + 2}"]  # each process's own port
         for target in (f"127.0.0.1:{port}", *own):
@@ -127,13 +127,14 @@ def test_two_processes_share_the_port_and_the_store_and_a_dead_one_comes_back(tr
 
 def test_what_several_processes_cannot_share_is_refused_before_they_start(trained, redis_proc, tmp_path) -> None:
     # an in-memory store would be one store a process
-    done = run_serving("--artifact", str(trained.artifact), "--processes", "2", "--port", str(free_ports(3)))
+    port = reserve_ports("127.0.0.1", 0, 2)  # the port and the two processes' own after it
+    done = run_serving("--artifact", str(trained.artifact), "--processes", "2", "--port", str(port))
     assert done.returncode == 2, done.stderr
     line = done.stderr.strip()
     assert "\n" not in line and "processes=2" in line and "memory://" in line and "fix:" in line, line
 
     # a busy port among the processes' own ones
-    port = free_ports(3)
+    port = reserve_ports("127.0.0.1", 0, 2)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", port + 2))
         busy.listen()
@@ -145,16 +146,8 @@ def test_what_several_processes_cannot_share_is_refused_before_they_start(traine
     assert f"127.0.0.1:{port + 2}" in done.stderr and "fix:" in done.stderr, done.stderr
 
     # a bad artifact stops both children as they start, and the supervisor exits with their code
-    args = [
-        "--artifact",
-        str(tmp_path / "missing"),
-        "--features",
-        url,
-        "--processes",
-        "2",
-        "--port",
-        str(free_ports(3)),
-    ]
+    port = reserve_ports("127.0.0.1", 0, 2)
+    args = ["--artifact", str(tmp_path / "missing"), "--features", url, "--processes", "2", "--port", str(port)]
     done = run_serving(*args, "--metrics-port", "0")
     assert done.returncode == 4, done.stderr
     assert "while starting" in done.stderr

@@ -43,10 +43,14 @@ class Examples:
     def subset(self, rows: np.ndarray) -> Examples:
         return Examples(*(getattr(self, f)[rows] for f in self.FIELDS))
 
+    def history_keys(self) -> np.ndarray:
+        """(n,) int64 keys ordered as (user, history end) and equal exactly where both are."""
+        return self.user.astype(np.int64) * (int(self.end.max(initial=0)) + 1) + self.end
+
     def history_groups(self) -> np.ndarray:
         """(n,) ids in [0, groups): rows with the same history (user and history end: a positive and its
         sampled and mined negatives) share one."""
-        return dense_ranks(self.user.astype(np.int64) * (int(self.end.max(initial=0)) + 1) + self.end)
+        return dense_ranks(self.history_keys())
 
     @staticmethod
     def concat(parts: list[Examples]) -> Examples:
@@ -95,9 +99,7 @@ class Epoch:
 
     def history_groups(self) -> np.ndarray:
         """As `Examples.history_groups` (the same ids: both rank the distinct (user, end) pairs)."""
-        b = self.base
-        key = b.user.astype(np.int64) * (int(b.end.max(initial=0)) + 1) + b.end
-        return dense_ranks(key[self.src])
+        return dense_ranks(self.base.history_keys()[self.src])
 
 
 def dense_ranks(key: np.ndarray) -> np.ndarray:
