@@ -185,3 +185,11 @@ def test_sigterm_lets_an_in_flight_request_finish(trained, tmp_path: Path) -> No
             proc.kill()
             proc.wait()
         store.kill()
+
+
+@pytest.mark.parametrize("slot", ["3/2", "x/2", "1"])
+def test_a_bad_process_slot_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], slot: str) -> None:
+    """`--process-slot i/N` is the supervisor's (serving.processes); a malformed one is refused, not run."""
+    assert serve_main(["--artifact", "/models", "--process-slot", slot], env={}) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--process-slot {slot!r} is invalid" in err[0] and "fix:" in err[0], err
