@@ -45,6 +45,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"server processes sharing the port, 0 = one per core (default {d.processes}; serving.processes)",
     )
     p.add_argument("--process-slot", help=argparse.SUPPRESS)  # "i/N": set by the supervisor for its children
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # the supervisor's pipe: "started"
     p.add_argument("--workers", type=int, help=f"threads handling requests (default {d.workers})")
     p.add_argument("--torch-threads", type=int, help=f"torch intra-op threads, 0 = auto (default {d.torch_threads})")
     p.add_argument(
@@ -109,11 +110,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         flags = vars(parse_args(argv))
         path = flags.pop("config", None)
         slot = parse_slot(flags.pop("process_slot", None))
+        ready_fd = flags.pop("ready_fd", None)
         config = load_config(flags, os.environ if env is None else env, path=path)
         setup_logging(config.log_level, config.log_format)
         if slot is None and effective_processes(config) > 1:
             return supervise(config, sys.argv[1:] if argv is None else list(argv))
-        asyncio.run(serve(config, slot or (0, 1)))
+        asyncio.run(serve(config, slot or (0, 1), ready_fd))
     except RecsysError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

@@ -24,10 +24,12 @@ Recommend at once. `Admin.Reload` naming a version is refused (it would reach on
 version moves LATEST, which every process follows.
 
 Lifecycle: SIGTERM or SIGINT is passed to every child, which drains for `grace_s`; the supervisor exits
-0 once they have. A child counts as started once its own port accepts connections (it binds after
-loading the model). A started child that dies is restarted while the others keep serving; one that
-dies before it started (a bad artifact, a port taken) stops them all, and the supervisor exits with
-that child's exit code (`python -m serving`'s: 2 config, 3 port or store, 4 artifact).
+0 once they have. A child counts as started once it has written a byte to its pipe to the supervisor
+(`--ready-fd`), which it does right after loading the model and starting to listen (so a child that
+died after answering calls is never taken for one that failed to start). A started child that dies
+is restarted while the others keep serving; one that dies before it started (a bad artifact, a port
+taken) stops them all, and the supervisor exits with that child's exit code (`python -m serving`'s:
+2 config, 3 port or store, 4 artifact).
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ from urllib.parse import urlsplit
 
 from recsys.errors import InvalidArgument, Unavailable
 from serving.config import ServerConfig
-from serving.server import dial_host
 
 logger = logging.getLogger(__name__)
 
@@ -97,16 +98,15 @@ def reserve_ports(host: str, port: int, n: int) -> int:
 class _Child:
     slot: int
     proc: subprocess.Popen[bytes]
-    started: bool = False  # its own port has accepted a connection
+    ready: int  # read end of the pipe the child writes one byte to once it has started (non-blocking)
+    started: bool = False
 
-
-def accepts(host: str, port: int) -> bool:
-    """Whether `host:port` accepts a TCP connection now."""
-    try:
-        with socket.create_connection((host, port), timeout=0.2):
-            return True
-    except OSError:
-        return False
+    def has_started(self) -> bool:
+        """Whether the child has said it started (reading its pipe, which never blocks)."""
+        if not self.started:
+            with contextlib.suppress(BlockingIOError):
+                self.started = os.read(self.ready, 1) == b"1"
+        return self.started
 
 
 def child_command(argv: Sequence[str], slot: int, n: int, port: int, config: ServerConfig) -> list[str]:
@@ -136,7 +136,6 @@ def supervise(config: ServerConfig, argv: Sequence[str]) -> int:
     n = effective_processes(config)
     check(config, n)
     port = reserve_ports(config.host, config.port, n)
-    dial = dial_host(config.host)
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -147,8 +146,13 @@ def supervise(config: ServerConfig, argv: Sequence[str]) -> int:
     children: dict[int, _Child] = {}
 
     def start(slot: int) -> None:
-        cmd = child_command(argv, slot, n, port, config)
-        children[slot] = _Child(slot, subprocess.Popen(cmd))
+        if slot in children:
+            os.close(children[slot].ready)
+        ready, write = os.pipe()
+        os.set_blocking(ready, False)
+        cmd = [*child_command(argv, slot, n, port, config), "--ready-fd", str(write)]
+        children[slot] = _Child(slot, subprocess.Popen(cmd, pass_fds=(write,)), ready)
+        os.close(write)  # the child's copy is the only one: the pipe ends when the child does
 
     code = 0
     try:
@@ -168,13 +172,12 @@ def supervise(config: ServerConfig, argv: Sequence[str]) -> int:
             for slot, child in list(children.items()):
                 rc = child.proc.poll()
                 if rc is None:
-                    if not child.started and accepts(dial, port + 1 + slot):
-                        child.started = True
+                    if not child.started and child.has_started():
                         logger.info("process %d/%d (pid %d) is serving", slot, n, child.proc.pid)
                     continue
                 if stopping:
                     break
-                if not child.started:
+                if not child.has_started():  # the pipe keeps the byte of a child that died since
                     logger.error("process %d/%d exited with %d while starting; stopping the others", slot, n, rc)
                     code = rc or 1
                     stopping = True
@@ -194,6 +197,8 @@ def supervise(config: ServerConfig, argv: Sequence[str]) -> int:
                 logger.error("process %d/%d did not stop in time; killing it", child.slot, n)
                 child.proc.kill()
                 child.proc.wait()
+        for child in children.values():
+            os.close(child.ready)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     logger.info("stopped %d server processes", n)

@@ -324,9 +324,10 @@ async def build_server(config: ServerConfig, slot: tuple[int, int] = (0, 1)) -> 
     )
 
 
-async def serve(config: ServerConfig, slot: tuple[int, int] = (0, 1)) -> None:
+async def serve(config: ServerConfig, slot: tuple[int, int] = (0, 1), ready_fd: int | None = None) -> None:
     """Build, start, and run until SIGTERM or SIGINT; then stop gracefully (`config.grace_s`). `slot`:
-    process i of N under `serving.processes`."""
+    process i of N under `serving.processes`, which learns through `ready_fd` (a pipe's write end) that
+    this process has started: one byte is written there as soon as the server listens."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     # Installed before the (slow) model load, so a SIGTERM during start-up also ends cleanly.
@@ -343,6 +344,9 @@ async def serve(config: ServerConfig, slot: tuple[int, int] = (0, 1)) -> None:
             await app.stop(0)
             return
         await app.start()
+        if ready_fd is not None:  # no await since start(): before the loop handles the first calls
+            os.write(ready_fd, b"1")
+            os.close(ready_fd)
         model = app.service.recommender
         logger.info(
             "serving %s model %s (%d items) on %s (%s%s); metrics %s; %d workers; %s, %d torch threads",
