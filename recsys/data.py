@@ -16,6 +16,7 @@ header excluded) and the fix.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -287,3 +288,15 @@ def load_log(
     clog = ClickLog(ev, items, users, has_time, source=str(log_path))
     log.info("loaded %s", clog.summary())
     return clog
+
+
+def release_freed_memory() -> None:
+    """Hand memory that freed data still holds back to the OS: Arrow's pool (mimalloc or jemalloc keep
+    what a dropped log's columns used, about 0.8 GiB at 20 million events) and glibc's heap top. Call it
+    after dropping a `ClickLog` whose encoded arrays are all training needs (`training fit`, `retrain`);
+    a no-op where there is nothing to return, and glibc's part only on glibc."""
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from recsys.data import load_log
+from recsys.data import load_log, release_freed_memory
 from recsys.errors import RecsysError
 
 # subcommand -> the module that defines it (`add_cli`); only the one asked for is imported, so a
@@ -54,6 +54,7 @@ def _fit(args: argparse.Namespace) -> int:
     init_distributed()
     prep = prepare(clog, overrides)
     del clog  # training needs only the encoded arrays: the canonical frame can go now
+    release_freed_memory()  # and the memory Arrow's pool kept of it (README, Large logs)
     report = export_trained(prep, Path(args.out), Path(args.run_dir), resume=args.resume)
     if report is None:  # a torchrun rank other than 0: rank 0 exports and reports
         return 0

@@ -42,7 +42,7 @@ import torch
 from recsys import artifact
 from recsys.batch import Featurizer
 from recsys.config import apply_overrides, check_prefixes, to_dict
-from recsys.data import ClickLog, load_log
+from recsys.data import ClickLog, load_log, release_freed_memory
 from recsys.errors import InvalidArgument
 from recsys.index import IndexConfig
 from recsys.model import BST
@@ -191,6 +191,7 @@ def retrain(
     data = EncodedLog.build(clog, feats)
     summary, new_summary = clog.summary(), new.summary()
     del clog, hist_events, hist_users  # the combined frame is encoded: free it before training
+    release_freed_memory()
     cutoff = holdout_cutoff(new, gate.holdout)
     split = time_split(data, cutoff)
     if len(split.train) == 0 or len(split.valid) == 0 or len(split.test) == 0:
