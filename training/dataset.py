@@ -119,6 +119,16 @@ class Epoch:
         return dense[ids]
 
 
+def narrow(indices: np.ndarray, n: int) -> np.ndarray:
+    """`indices` (values in [0, n)) in the narrowest of int8, int16, int32 and int64 that holds them: the
+    flat per-event arrays (item, event type) and the training split's rows (user, history end, target)
+    grow with the log, and every consumer widens a step's rows to int64 for torch (README, Large logs)."""
+    for dtype in (np.int8, np.int16, np.int32):
+        if n <= np.iinfo(dtype).max + 1:
+            return indices.astype(dtype, copy=False)
+    return indices.astype(np.int64, copy=False)
+
+
 def dense_ranks(key: np.ndarray) -> np.ndarray:
     """(n,) int64: each key's index among the sorted distinct keys, as `np.unique(key,
     return_inverse=True)[1]`, with at most four arrays of the key's length alive at once (the key, the
@@ -170,9 +180,9 @@ class EncodedLog:
         start = stop - counts
         # the columns go to `lookup` as Series: each distinct id is probed once (arrow factorize), where
         # `.to_numpy()` made a Python string object of every row first
-        items = featurizer.items.lookup(pos["item_id"])
+        items = narrow(featurizer.items.lookup(pos["item_id"]), len(featurizer.items))
         times = pos["timestamp"].to_numpy().astype(np.int64)
-        events = featurizer.events.lookup(pos["event"])
+        events = narrow(featurizer.events.lookup(pos["event"]), len(featurizer.events))
         neg = ev[(label == 0) & ev["user_id"].isin(row_of).to_numpy()]
         codes, uniques = pd.factorize(neg["user_id"])
         nrow = row_of.get_indexer(uniques)[codes].astype(np.int64)
@@ -214,7 +224,8 @@ class EncodedLog:
 
     def positives(self, rows: np.ndarray) -> Examples:
         """Positive examples for flat positions `rows` (each must have >= 1 earlier positive)."""
-        u = np.searchsorted(self.stop, rows, side="right")
+        u = narrow(np.searchsorted(self.stop, rows, side="right"), len(self.start))
+        rows = narrow(rows, len(self.items) + 1)  # an end is at most len(items)
         return Examples(u, rows, self.items[rows], np.ones(len(rows), np.float32), self.times[rows])
 
     def batch(self, ex: Examples, device: torch.device | None = None) -> dict[str, torch.Tensor]:
