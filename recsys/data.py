@@ -213,12 +213,28 @@ def _canonical(df: pd.DataFrame, file: str, events: tuple[str, ...], has_time: b
 
 
 def _finish(parts: list[pd.DataFrame], has_time: bool) -> pd.DataFrame:
-    """Chunks joined, ordinal time filled when the log had none, sorted by user then time (stable)."""
-    out = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
-    parts.clear()  # the chunks are copied into `out`: let them go before the sort copies it again
-    if not has_time:
-        out["timestamp"] = out.groupby("user_id", sort=False).cumcount().astype("int64")
-    return out.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    """Chunks joined, ordinal time filled when the log had none, sorted by user then time (stable): the
+    rows and order of `pd.concat(parts).sort_values(["user_id", "timestamp"], kind="stable")`.
+
+    Column by column: a column is joined and the chunks' pieces of it let go, then put in the sorted
+    order and the unsorted one let go, so at most one column is held twice. Joining, then sorting, whole
+    frames held the log up to three times over at the end of a read, the read's peak (2.96 GiB for a
+    log then held in 1.07 at 20 million events; README, Large logs)."""
+    names = list(parts[0].columns)
+    columns: dict[str, pd.Series] = {}
+    for name in names:
+        columns[name] = pd.concat([p[name] for p in parts], ignore_index=True) if len(parts) > 1 else parts[0][name]
+        for p in parts:
+            del p[name]
+    parts.clear()
+    users, _ = pd.factorize(columns["user_id"], sort=True)  # (n,) each row's user in sorted id order
+    if not has_time:  # file order within each user
+        columns["timestamp"] = pd.Series(users).groupby(users, sort=False).cumcount().astype("int64")
+    order = np.lexsort((columns["timestamp"].to_numpy(), users))  # stable: ties keep file order
+    del users
+    for name in names:
+        columns[name] = pd.Series(columns.pop(name).array.take(order), name=name)
+    return pd.DataFrame(columns, copy=False)
 
 
 def validate_log(df: pd.DataFrame, file: str, events: tuple[str, ...] = KNOWN_EVENTS) -> tuple[pd.DataFrame, bool]:

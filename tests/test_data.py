@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recsys.config import apply_overrides, from_dict
-from recsys.data import load_log, read_log
+from recsys.data import _finish, load_log, read_log
 from recsys.errors import DataValidationError, InvalidArgument
 from recsys.model import ModelConfig
 from recsys.vocab import PAD, UNK, Vocab
@@ -164,3 +164,37 @@ def test_config_unknown_keys_and_bad_types_fail_loudly() -> None:
         apply_overrides(ModelConfig(n_items=5), ["model.blocks=2"], "model")
     with pytest.raises(InvalidArgument, match="not allowed"):
         apply_overrides(ModelConfig(n_items=5), ["model.pooling=mean"], "model")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["u1", "u10", "u2", "ä", "Z", "u1 ", "é2"]), st.integers(0, 4)),
+        min_size=1,
+        max_size=60,
+    ),
+    st.lists(st.integers(0, 60), max_size=4),
+    st.booleans(),
+)
+def test_finishing_a_read_column_by_column_equals_sorting_the_joined_frame(
+    rows: list[tuple[str, int]], cuts: list[int], has_time: bool
+) -> None:
+    """`recsys.data._finish` joins a read's chunks and sorts them one column at a time (a read's memory
+    peak; README, Large logs): the same rows, order and dtypes as joining the whole frames and sorting
+    by user then time, stably (ties keep file order; without time, file order per user is the time)."""
+    n = len(rows)
+    frame = pd.DataFrame(
+        {
+            "user_id": pd.array([u for u, _ in rows], dtype="str"),
+            "item_id": pd.array([f"i{k}" for k in range(n)], dtype="str"),
+            "timestamp": np.array([t for _, t in rows], np.int64),
+            "label": np.arange(n, dtype=np.int8) % 2,
+        }
+    )
+    bounds = sorted({0, n, *(min(c, n) for c in cuts)})
+    parts = [frame.iloc[a:b].reset_index(drop=True) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    want = pd.concat(parts, ignore_index=True)
+    if not has_time:
+        want["timestamp"] = want.groupby("user_id", sort=False).cumcount().astype("int64")
+    want = want.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    pd.testing.assert_frame_equal(_finish([p.copy() for p in parts], has_time), want)

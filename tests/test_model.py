@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from recsys.model import BST, History, ModelConfig, listwise_loss, next_item_loss
 from tests.model_contract import CHECKS, random_history
 from training.baselines import SASRec, SASRecConfig
-from training.dataset import Examples, dense_ranks
+from training.dataset import Examples, dense_ranks, narrow
 from training.trainer import grouped_permutation
 
 CONFIGS = {
@@ -293,3 +293,15 @@ def test_concat_returns_a_single_filled_part_itself_and_concatenates_several() -
     for f in Examples.FIELDS:
         np.testing.assert_array_equal(getattr(both, f), np.concatenate([getattr(part, f), getattr(other, f)]))
     assert len(Examples.concat([empty, empty])) == 0
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 2**40))
+def test_narrow_keeps_every_index_in_the_smallest_integer_type_that_holds_it(n: int) -> None:
+    """`training.dataset.narrow` (the encoded log's per-event arrays and the training split's rows): the
+    same values, in int8 up to 128 distinct indices, int16 up to 32,768, int32 up to 2^31, else int64."""
+    indices = np.array([0, n // 2, n - 1], np.int64)
+    got = narrow(indices, n)
+    np.testing.assert_array_equal(got, indices)
+    want = np.int8 if n <= 2**7 else np.int16 if n <= 2**15 else np.int32 if n <= 2**31 else np.int64
+    assert got.dtype == want
