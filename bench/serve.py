@@ -120,7 +120,7 @@ def build_artifact(
         model,
         feats,
         popular_list(data.popularity),
-        data.seed_frame(SEED_HISTORY),
+        data.seed_table(SEED_HISTORY),
         {**clog.summary(), "note": "bench.serve: untrained weights (speed only)"},
         {},
     )

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
@@ -104,7 +106,7 @@ def save(
     model: BST,
     featurizer: Featurizer,
     popular: list[tuple[int, float]],
-    seed: pd.DataFrame,
+    seed: pa.Table,
     data_summary: dict[str, Any],
     metrics: dict[str, float],
     extra: dict[str, Any] | None = None,
@@ -132,7 +134,7 @@ def save(
         index = FaissRetriever.build(vectors, index_config, queries)
         index.save(tmp / "index.faiss")
         (tmp / "popular.json").write_text(json.dumps([[int(i), float(s)] for i, s in popular]))
-        seed.to_parquet(tmp / "seed.parquet", index=False)
+        pq.write_table(seed, tmp / "seed.parquet")
         manifest = {
             "format_version": FORMAT_VERSION,
             "version": version,

@@ -518,3 +518,30 @@ def test_served_bst_beats_itemknn(trained: TrainReport) -> None:
     best = max(knn.values())
     served = trained.test["served"]["hr@10"]
     assert served > best + MARGIN, f"served {served:.4f}, itemknn {best:.4f} ({max(knn, key=knn.get)})"
+
+
+@pytest.mark.parametrize("max_history", [1, 5, 200])
+def test_the_seed_table_holds_each_users_newest_clicks_and_profile(
+    encoded: tuple[EncodedLog, ModelConfig], max_history: int
+) -> None:
+    """`EncodedLog.seed_table` (the artifact's seed histories, built as Arrow arrays) holds, a row a user,
+    what the per-user Python loop it replaced built: the user's newest `max_history` positives (ids,
+    timestamps, event types, oldest first) and profile as JSON."""
+    data, _ = encoded
+    got = data.seed_table(max_history).to_pylist()
+    items, events = data.featurizer.items.tokens, data.featurizer.events.tokens
+    want = []
+    for u, uid in enumerate(data.user_ids):
+        sl = slice(max(data.start[u], data.stop[u] - max_history), data.stop[u])
+        want.append(
+            {
+                "user_id": str(uid),
+                "items": [items[i] for i in data.items[sl]],
+                "timestamps": data.times[sl].tolist(),
+                "events": [events[e] for e in data.events[sl]],
+                "profile": json.dumps(data.profiles.get(str(uid), {})),
+            }
+        )
+    assert got == want
+    assert max(len(r["items"]) for r in got) == min(max_history, int((data.stop - data.start).max()))
+    assert any(r["profile"] != "{}" for r in got)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import grpc
-import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from recsys import artifact as artifact_format
@@ -32,7 +32,7 @@ def root(trained, tmp_path: Path) -> Path:
     shutil.copytree(trained.artifact, root / trained.artifact.name)
     artifact_format.set_latest(root, trained.artifact.name)
     art = artifact_format.load(trained.artifact)
-    seed = pd.read_parquet(trained.artifact / "seed.parquet")
+    seed = pq.read_table(trained.artifact / "seed.parquet")
     manifest = art.manifest
     artifact_format.save(
         root, art.model, art.featurizer, art.popular, seed, manifest["data"], manifest["metrics"],

@@ -199,7 +199,7 @@ def export_trained(prep: Prepared, out: Path, run_dir: Path | None = None, resum
         model,
         feats,
         popular_list(split.popularity),
-        data.seed_frame(SEED_HISTORY),
+        data.seed_table(SEED_HISTORY),
         summary,
         {f"valid_{k}": v for k, v in result.best_metrics.items()},
         make_latest=False,

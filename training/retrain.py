@@ -217,7 +217,7 @@ def retrain(
         model,
         feats,
         popular_list(split.popularity),
-        data.seed_frame(SEED_HISTORY),
+        data.seed_table(SEED_HISTORY),
         {**summary, "split": "time", "holdout_from": int(cutoff), "train_examples": len(split.train)},
         {f"valid_{k}": v for k, v in result.best_metrics.items()},
         version=version,
