@@ -107,15 +107,15 @@ class Epoch:
         """As `Examples.history_groups` (the same ids: both rank the distinct (user, end) pairs). The base
         rows are ranked, then gathered: ranking the epoch's own keys, twice as many or more with its
         negatives, was where a fit's memory peaked (README, Large logs). A base history no row of the
-        epoch uses would leave a gap, so the ids are made dense again. 32-bit below 2^31 base rows."""
+        epoch uses would leave a gap, so the ids are made dense again. In the narrowest integer type."""
         base = self.base.history_groups()
-        ids = (base.astype(np.int32) if len(base) < 2**31 else base)[self.src]  # 32-bit ids where they fit
+        ids = narrow(base, len(base))[self.src]
         del base
         present = np.zeros(int(ids.max(initial=-1)) + 1, bool)
         present[ids] = True
         if present.all():
             return ids
-        dense = np.cumsum(present, dtype=ids.dtype)
+        dense = np.cumsum(present, dtype=ids.dtype)  # fewer groups present than base rows: it fits
         dense -= 1
         return dense[ids]
 

@@ -32,6 +32,7 @@ from training.dataset import (
     Split,
     Windows,
     hard_negative_items,
+    narrow,
     negative_items,
     next_item_windows,
     sample_negatives,
@@ -180,8 +181,8 @@ def grouped_permutation(examples: Examples | Epoch, rng: np.random.Generator) ->
     positive and its sampled and mined negatives) are adjacent; groups and members in random order."""
     group = examples.history_groups()
     places = rng.permutation(int(group.max(initial=-1)) + 1)  # each group's random place
-    # 32-bit places where they fit: the same values, so the same order, with half the bytes at the peak
-    rank = (places.astype(np.int32) if len(places) < 2**31 else places)[group]
+    # the narrowest type: the same values, so the same order, with fewer bytes at the peak
+    rank = narrow(places, len(places))[group]
     del group, places  # arrays of the epoch's length fewer during the sort
     return np.lexsort((rng.random(len(examples)), rank))
 
