@@ -54,7 +54,7 @@ class UserState:
     values: tuple[Tensor, ...]  # per block, (B, h, L, hd)
     valid: Tensor  # (B, L) real behaviors
     request: Tensor  # (B, H1) the first MLP layer's candidate-independent part, bias included
-    user: Tensor | None  # (B, d) retrieval user vector, when the MLP reads the retrieval score
+    user: Tensor | None  # (B, R) retrieval user vector, when the MLP reads the retrieval score
 
 
 def check_supported(model: BST) -> None:
@@ -173,7 +173,7 @@ class FastScorer:
         `ItemEmbedding.embed`), else looked up from `candidates`; `vector`: likewise their retrieval
         vectors, needed beside `item` only when the ranker has its own item tables (`ranker_items="own"`)."""
         m = self.model
-        if m.ranker_embedding is not None and (item is None) != (vector is None):
+        if not m.ranks_in_retrieval_space and (item is None) != (vector is None):
             raise ValueError("a ranker with its own item tables needs both `item` and `vector`, or neither")
         item = m.ranker_items(candidates) if item is None else item.to(self.bias.dtype)  # (B, C, d)
         t = item + m.position.weight[1]  # (B, C, d) the candidate token
@@ -181,10 +181,10 @@ class FastScorer:
             t = block.finish(t, self._attend(block, t, k_h, v_h, state.valid))
         parts = [t, item]
         if state.user is not None:  # the retrieval score, one more input of the first layer
-            if m.ranker_embedding is None:
+            if m.ranks_in_retrieval_space:
                 vector = item
             else:  # the score is in the retrieval space, not the ranker's
-                vector = m.items(candidates) if vector is None else vector.to(self.bias.dtype)  # (B, C, d)
+                vector = m.retrieval_items(candidates) if vector is None else vector.to(self.bias.dtype)  # (B, C, R)
             parts.append((vector * state.user.unsqueeze(1)).sum(-1, keepdim=True))  # (B, C, 1)
         x = torch.cat(parts, dim=-1)  # (B, C, 2d + r)
         B, C = candidates.shape
@@ -215,7 +215,7 @@ class FastScorer:
 
 @dataclass(frozen=True)
 class _Row:
-    user: Tensor  # (d,) retrieval user vector
+    user: Tensor  # (R,) retrieval user vector
     keys: tuple[Tensor, ...]  # per block, (h, n, hd): the n real behaviors only
     values: tuple[Tensor, ...]
     request: Tensor  # (H1,)
@@ -270,14 +270,14 @@ class StateCache:
 
 def _prepare(scorer: FastScorer, encode_user: Callable[[History], Tensor], hist: History) -> tuple[Tensor, UserState]:
     with torch.inference_mode():
-        user = encode_user(hist)  # (B, d)
+        user = encode_user(hist)  # (B, R)
         return user, scorer.prepare(hist, user.to(scorer.bias.dtype) if scorer.cfg.retrieval_feature else None)
 
 
 def prepare_cached(
     scorer: FastScorer, encode_user: Callable[[History], Tensor], hist: History, cache: StateCache | None
 ) -> tuple[Tensor, UserState]:
-    """The retrieval user vectors (B, d) and the ranking state of `hist`, computing only the rows
+    """The retrieval user vectors (B, R) and the ranking state of `hist`, computing only the rows
     `cache` does not hold; equal to `encode_user(hist)` and `scorer.prepare(hist, user)` (a cached
     row's keys and values are re-padded on the left, where the attention masks them out)."""
     if cache is None:
@@ -319,7 +319,7 @@ def prepare_cached(
     valid = torch.zeros(B, L, dtype=torch.bool)
     for b, n in enumerate(lengths):
         valid[b, L - n :] = True
-    user = torch.stack([r.user for r in full])  # (B, d)
+    user = torch.stack([r.user for r in full])  # (B, R)
     request = torch.stack([r.request for r in full])  # (B, H1)
     ranker_user = user.to(scorer.bias.dtype) if scorer.cfg.retrieval_feature else None
     return user, UserState(tuple(out_keys), tuple(out_values), valid, request, ranker_user)

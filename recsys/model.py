@@ -3,7 +3,8 @@
 Read top to bottom: config, the item embedding, one Transformer block, the BST ranker, the retrieval
 encoder, then `BST` which ties them together:
 
-- `encode_user(history) -> (B, D)`: the user vector in the item-embedding space; FAISS searches it.
+- `encode_user(history) -> (B, R)`: the user vector in the item-embedding space; FAISS searches it
+  (R = d_model, or retrieval_towers * d_model for an ensemble of retrieval encoders).
 - `score(history, candidates) -> (B, C)`: the BST ranker's logits (the reference computation).
 - `forward(batch) -> (logits, loss)`: training; CTR log loss plus the next-item objective.
 
@@ -61,6 +62,9 @@ class ModelConfig:
     # with tables of its own, so its gradients never move the item space that retrieval and FAISS use
     retrieval_blocks: int = 2  # causal blocks of the retrieval encoder
     retrieval_heads: int = 0  # attention heads of the retrieval encoder; 0 = n_heads (SASRec uses 1 or 2)
+    retrieval_towers: int = 1  # independent retrieval encoders, each with item tables of its own and trained
+    # on its own next-item softmax: the retrieval vector is their concatenation, so the inner product FAISS
+    # takes is the sum of their scores, an ensemble served by one index (vectors retrieval_towers * d_model wide)
     retrieval_weight: float = 1.0  # weight of the next-item loss beside the CTR log loss
     retrieval_temperature: float = 1.0  # softmax temperature of the next-item objective
     retrieval_label_smoothing: float = 0.0  # share of the next-item target spread over the whole catalog
@@ -75,6 +79,8 @@ class ModelConfig:
             raise ValueError(
                 f"d_model={self.d_model} must be divisible by retrieval_heads={self.retrieval_heads} (0 = n_heads)"
             )
+        if self.retrieval_towers < 1:
+            raise ValueError(f"retrieval_towers={self.retrieval_towers} must be >= 1 (1 = one retrieval encoder)")
         if len(self.side_sizes) != len(self.side_widths):
             raise ValueError("side_sizes and side_widths must have one entry per item column")
         if self.retrieval_len < self.max_len:
@@ -213,6 +219,22 @@ def key_mask(valid: Tensor, causal: bool) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------
+# A retrieval tower beyond the first (`retrieval_towers`)
+
+
+class RetrievalTower(nn.Module):
+    """Item tables, slot embedding, causal blocks and norm of its own, like the BST's first retrieval
+    encoder; it reads that encoder's item -> side-value tables (`ItemEmbedding`'s `tables`)."""
+
+    def __init__(self, cfg: ModelConfig, tables: ItemEmbedding):
+        super().__init__()
+        self.items = ItemEmbedding(cfg, tables=tables)
+        self.slot = token_embedding(cfg.retrieval_len, cfg.d_model, padding_idx=None)
+        self.blocks = nn.ModuleList(Block(cfg, cfg.retrieval_heads) for _ in range(cfg.retrieval_blocks))
+        self.norm = nn.LayerNorm(cfg.d_model)
+
+
+# ---------------------------------------------------------------------------------------------------
 # The model
 
 
@@ -242,6 +264,7 @@ class BST(nn.Module):
         self.slot = token_embedding(cfg.retrieval_len, d, padding_idx=None)
         self.retrieval_blocks = nn.ModuleList(Block(cfg, cfg.retrieval_heads) for _ in range(cfg.retrieval_blocks))
         self.retrieval_norm = nn.LayerNorm(d)
+        self.towers = nn.ModuleList(RetrievalTower(cfg, tables=self.items) for _ in range(cfg.retrieval_towers - 1))
         self.drop = nn.Dropout(cfg.dropout)
 
     # -- ranking ------------------------------------------------------------------------------------
@@ -250,6 +273,11 @@ class BST(nn.Module):
     def ranker_items(self) -> ItemEmbedding:
         """The item embedding the ranker reads (behaviors and candidates)."""
         return self.items if self.ranker_embedding is None else self.ranker_embedding
+
+    @property
+    def ranks_in_retrieval_space(self) -> bool:
+        """Whether the ranker's item embedding is the retrieval vector itself (shared tables, one tower)."""
+        return self.ranker_embedding is None and self.cfg.retrieval_towers == 1
 
     def request_features(self, history: History) -> Tensor:
         """Everything the MLP reads that does not depend on the candidate. (B, F)."""
@@ -267,7 +295,7 @@ class BST(nn.Module):
         self, history: History, candidates: Tensor, user: Tensor | None = None, every_position: bool = True
     ) -> Tensor:
         """The reference BST ranker: every candidate gets its own pass over [behaviors; candidate].
-        history: B users, candidates (B, C) item indices -> logits (B, C). `user` (B, d) is the
+        history: B users, candidates (B, C) item indices -> logits (B, C). `user` (B, R) is the
         retrieval user vector when the caller already has it (it is recomputed otherwise).
         `every_position=False` (training): under target pooling, the last block computes the target's
         query alone, since only the target's output is read; the same numbers, with one block about a
@@ -302,35 +330,62 @@ class BST(nn.Module):
         if self.cfg.retrieval_feature:  # the ranker refines retrieval rather than relearning it
             if user is None:
                 with torch.no_grad():
-                    user = self.encode_user(history)  # (B, d)
-            vectors = target_raw if self.ranker_embedding is None else self.items(candidates)  # (B, C, d)
+                    user = self.encode_user(history)  # (B, R)
+            vectors = target_raw if self.ranks_in_retrieval_space else self.retrieval_items(candidates)  # (B, C, R)
             parts.append((vectors.detach() * user.detach().unsqueeze(1)).sum(-1, keepdim=True))  # (B, C, 1)
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)  # (B, C)
 
     # -- retrieval ----------------------------------------------------------------------------------
 
-    def encode_sequence(self, items: Tensor, last_only: bool = False) -> Tensor:
-        """Causal encoder: output t summarises items[:, :t+1]. (B, T) -> (B, T, d), T <= retrieval_len.
-        `last_only`: the newest position alone, (B, 1, d); its last block computes one query per row
-        (the same numbers, about 40% fewer FLOPs with two blocks)."""
+    @property
+    def retrieval_dim(self) -> int:
+        """Width R of the retrieval space: every tower's d_model wide vector, concatenated."""
+        return self.cfg.d_model * self.cfg.retrieval_towers
+
+    def tower(self, t: int) -> tuple[ItemEmbedding, nn.Embedding, list[Block], nn.LayerNorm]:
+        """Retrieval tower t's item embedding, slot embedding, blocks and norm (0: the BST's own)."""
+        if t == 0:
+            return self.items, self.slot, cast(list[Block], list(self.retrieval_blocks)), self.retrieval_norm
+        extra = cast(RetrievalTower, self.towers[t - 1])
+        return extra.items, extra.slot, cast(list[Block], list(extra.blocks)), extra.norm
+
+    def encode_sequence(self, items: Tensor, last_only: bool = False, tower: int = 0) -> Tensor:
+        """Causal encoder of one tower: output t summarises items[:, :t+1]. (B, T) -> (B, T, d),
+        T <= retrieval_len. `last_only`: the newest position alone, (B, 1, d); its last block computes
+        one query per row (the same numbers, about 40% fewer FLOPs with two blocks)."""
+        embedding, slot, blocks, norm = self.tower(tower)
         T = items.shape[1]
         slots = torch.arange(self.cfg.retrieval_len - T, self.cfg.retrieval_len, device=items.device)
-        x = self.drop(self.items(items) + self.slot(slots))  # (B, T, d)
+        x = self.drop(embedding(items) + slot(slots))  # (B, T, d)
         mask = key_mask(items > 0, causal=True)  # (B, 1, T, T)
-        blocks = cast(list[Block], list(self.retrieval_blocks))
         for j, block in enumerate(blocks):
             x = block.forward_last(x, mask[:, :, -1:]) if last_only and j == len(blocks) - 1 else block(x, mask)
         if last_only:
             x = x[:, -1:]  # (B, 1, d); already so after a last block
-        return self.retrieval_norm(x)
+        return norm(x)
+
+    def encode_last(self, items: Tensor) -> Tensor:
+        """Every tower's newest position, concatenated. (B, T) -> (B, R)."""
+        parts = [self.encode_sequence(items, True, t)[:, -1] for t in range(self.cfg.retrieval_towers)]  # (B, d) each
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def encode_user(self, history: History) -> Tensor:
-        """The user vector for FAISS: the causal encoder's newest position. (B, d)."""
-        return self.encode_sequence(history.items[:, -self.cfg.retrieval_len :], last_only=True)[:, -1]
+        """The user vector for FAISS: the causal encoders' newest position. (B, R)."""
+        return self.encode_last(history.items[:, -self.cfg.retrieval_len :])
+
+    def retrieval_items(self, items: Tensor) -> Tensor:
+        """Items' vectors in the retrieval space: every tower's embedding, concatenated. (...,) -> (..., R)."""
+        parts = [self.tower(t)[0](items) for t in range(self.cfg.retrieval_towers)]  # (..., d) each
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    def embed_retrieval(self, items: Tensor, sides: list[Tensor]) -> Tensor:
+        """`retrieval_items` from side values the caller passes (`ItemEmbedding.embed`). (n,) -> (n, R)."""
+        parts = [self.tower(t)[0].embed(items, sides) for t in range(self.cfg.retrieval_towers)]  # (n, d) each
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def item_vectors(self) -> Tensor:
-        """Every item's vector in the retrieval space (rows 0 and 1 are padding and unknown). (N, d)."""
-        return self.items(torch.arange(self.cfg.n_items, device=self.items.ids.weight.device))
+        """Every item's vector in the retrieval space (rows 0 and 1 are padding and unknown). (N, R)."""
+        return self.retrieval_items(torch.arange(self.cfg.n_items, device=self.items.ids.weight.device))
 
     # -- training -----------------------------------------------------------------------------------
 
@@ -365,30 +420,31 @@ class BST(nn.Module):
                 keep = batch["label"] > 0.5
                 seq = items[keep]  # (P, T)
                 nxt = torch.cat([seq[:, 1:], batch["target"][keep].unsqueeze(1)], dim=1) * (seq > 0)  # (P, T)
-            next_loss = self.next_item_loss(self.encode_sequence(seq), nxt)
-            loss = loss + self.cfg.retrieval_weight * next_loss
+            # each tower its own softmax: the gradients an independently trained encoder would get
+            for t in range(self.cfg.retrieval_towers):
+                next_loss = self.next_item_loss(self.encode_sequence(seq, tower=t), nxt, t)
+                loss = loss + self.cfg.retrieval_weight * next_loss
         return logits, loss
 
     @torch.no_grad()
     def served_user(self, items: Tensor) -> Tensor:
         """The user vector as the server computes it (no dropout, no gradients): the ranker's retrieval-
-        score input while training. (B, T) -> (B, d)."""
+        score input while training. (B, T) -> (B, R)."""
         was_training = self.training
         self.train(False)
         try:
             # a positive and its negatives share a history (the trainer keeps them in one batch): encode
             # each distinct history once
             unique, inverse = torch.unique(items, dim=0, return_inverse=True)  # (U, T), (B,)
-            return self.encode_sequence(unique, last_only=True)[:, -1][inverse]  # (B, d)
+            return self.encode_last(unique)[inverse]  # (B, R)
         finally:
             self.train(was_training)
 
-    def next_item_loss(self, hidden: Tensor, targets: Tensor) -> Tensor:
-        """The retrieval head's objective over the catalog; see `next_item_loss`."""
+    def next_item_loss(self, hidden: Tensor, targets: Tensor, tower: int = 0) -> Tensor:
+        """One retrieval tower's objective over the catalog; see `next_item_loss`."""
         cfg = self.cfg
-        return next_item_loss(
-            hidden, targets, self.item_vectors(), cfg.retrieval_temperature, cfg.retrieval_label_smoothing
-        )
+        vectors = self.tower(tower)[0](torch.arange(cfg.n_items, device=hidden.device))  # (N, d)
+        return next_item_loss(hidden, targets, vectors, cfg.retrieval_temperature, cfg.retrieval_label_smoothing)
 
 
 def listwise_loss(logits: Tensor, labels: Tensor, group: Tensor, listed: Tensor | None = None) -> Tensor:

@@ -85,7 +85,7 @@ class FreshItems:
     version: str  # the model whose embeddings these are
     ids: tuple[str, ...]
     position: Mapping[str, int]  # id -> j
-    vectors: Tensor  # (n, d) float32, for retrieval
+    vectors: Tensor  # (n, R) float32, for retrieval
     ranker: Tensor  # (n, d) in the ranker's dtype, its candidate embeddings
 
     def __len__(self) -> int:
@@ -183,7 +183,7 @@ class Recommender:
                 f"retrieval_blend={self.retrieval_blend}: the blend weight must be finite and >= 0; fix: 0 (the "
                 "ranker alone) or a positive weight such as the one chosen at export"
             )
-        self._vectors = torch.from_numpy(np.ascontiguousarray(art.item_vectors, dtype=np.float32))  # (N, d)
+        self._vectors = torch.from_numpy(np.ascontiguousarray(art.item_vectors, dtype=np.float32))  # (N, R)
         self.version = art.version
         self.created_at = str(art.manifest["created_at"])
         self.n_items = int(art.manifest["catalog_size"])
@@ -214,14 +214,14 @@ class Recommender:
         last): ids outside the vocabulary with features, the newest MAX_FRESH_ITEMS. Empty when the model
         cannot embed new items (`serves_new_items`)."""
         ids = [i for i, f in features.items() if f and not self.known_item(i)][-MAX_FRESH_ITEMS:]
-        d = self.model.cfg.d_model
+        d, r = self.model.cfg.d_model, self.model.retrieval_dim
         if not ids or not self.serves_new_items:
-            return FreshItems(self.version, (), {}, torch.zeros(0, d), torch.zeros(0, d))
+            return FreshItems(self.version, (), {}, torch.zeros(0, r), torch.zeros(0, d))
         assert self.fast is not None
         sides = [torch.from_numpy(rows) for rows in self.featurizer.side_rows([features[i] for i in ids])]
         unk = torch.full((len(ids),), UNK)
         with torch.no_grad():
-            vectors = self.model.items.embed(unk, sides).float()  # (n, d)
+            vectors = self.model.embed_retrieval(unk, sides).float()  # (n, R)
             ranker = self.fast.model.ranker_items.embed(unk, sides)  # (n, d), bf16 when the ranker is
         return FreshItems(self.version, tuple(ids), {i: j for j, i in enumerate(ids)}, vectors, ranker)
 
@@ -393,7 +393,7 @@ class Recommender:
         """Retrieve (or take the allowed items), drop each user's exclusions, keep `depth`, and score them
         with the ranker (and, with `blend`, with retrieval's inner product too), in retrieval's order."""
         hist = self.featurizer.encode_states(users, now)
-        user, state = self._prepare(hist)  # (B, d) and the ranker's per-request part
+        user, state = self._prepare(hist)  # (B, R) and the ranker's per-request part
         best: np.ndarray | None = None  # (B,) each user's best retrieval score over the catalogue, for a blend
         if allow is not None:  # rank exactly the allowed items, minus each user's exclusions
             rows = [allow[~np.isin(allow, ex)] for ex in excluded]
@@ -427,7 +427,7 @@ class Recommender:
         """(B, C) inner products of the users' retrieval vectors with their candidates' item vectors: the
         scores FAISS ranked them by (exactly, for the flat and IVF indexes)."""
         base = len(self.featurizer.items)
-        vecs = self._vectors[torch.from_numpy(np.where(cands < base, cands, 0))]  # (B, C, d)
+        vecs = self._vectors[torch.from_numpy(np.where(cands < base, cands, 0))]  # (B, C, R)
         if fresh is not None and (cands >= base).any():
             where = torch.from_numpy(cands >= base)
             vecs[where] = fresh.vectors[torch.from_numpy(cands[cands >= base] - base)].float()
@@ -435,7 +435,7 @@ class Recommender:
             return torch.einsum("bd,bcd->bc", user.float(), vecs).numpy()  # (B, C)
 
     def _prepare(self, hist: History) -> tuple[Tensor, RankState | None]:
-        """The retrieval vectors (B, d) and, on the fast path, the ranking state (through the state
+        """The retrieval vectors (B, R) and, on the fast path, the ranking state (through the state
         cache when there is one)."""
         if self.fast is None:
             with torch.inference_mode():
@@ -458,9 +458,9 @@ class Recommender:
             rows, where = torch.from_numpy(cands[is_fresh] - base), torch.from_numpy(is_fresh)
             emb = self.fast.model.ranker_items(ids)  # (B, C, d)
             emb[where] = fresh.ranker[rows]
-            if self.fast.model.ranker_embedding is None:
+            if self.fast.model.ranks_in_retrieval_space:
                 return self.fast.score_prepared(state, ids, emb).float()
-            vec = self.fast.model.items(ids)  # (B, C, d) the retrieval vectors, for the retrieval-score input
+            vec = self.fast.model.retrieval_items(ids)  # (B, C, R) the retrieval vectors, for the retrieval-score input
             vec[where] = fresh.vectors[rows].to(vec.dtype)
             return self.fast.score_prepared(state, ids, emb, vec).float()
 

@@ -68,8 +68,9 @@ def check_state_dict_round_trip(model: BST, hist: History, cands: torch.Tensor) 
 
 def check_user_vector_is_the_causal_encoders_newest_position(model: BST, hist: History, cands: torch.Tensor) -> None:
     """`encode_user` (whose last block computes the newest position alone) equals the full causal
-    encoder's newest output."""
-    full = model.encode_sequence(hist.items[:, -model.cfg.retrieval_len :])[:, -1]
+    encoder's newest output (each retrieval tower's, concatenated)."""
+    items = hist.items[:, -model.cfg.retrieval_len :]
+    full = torch.cat([model.encode_sequence(items, tower=t)[:, -1] for t in range(model.cfg.retrieval_towers)], 1)
     torch.testing.assert_close(model.encode_user(hist), full, atol=1e-5, rtol=1e-5)
 
 

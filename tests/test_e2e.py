@@ -16,12 +16,14 @@ import pytest
 import redis
 import torch
 
+from recsys.data import load_log
 from recsys.errors import ArtifactError
 from recsys.features import UserState
 from recsys.recommender import MAX_K, Recommender
 from recsys.store import RedisStore
 from serving.client import RecommenderClient
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TINY_TRAIN
+from training.pipeline import train_and_export
 
 pytestmark = pytest.mark.slow
 
@@ -244,3 +246,33 @@ def test_rank_scores_items_added_after_training_from_their_stored_features(train
         time.sleep(1.2)
         assert "e2e-later-item" not in recommended()
     store.close()
+
+
+def test_two_retrieval_towers_train_export_and_serve_as_one_index(demo_log, tmp_path: Path, server_factory) -> None:
+    """`model.retrieval_towers=2` end to end: the exported index holds both towers' vectors side by side
+    (2 * d_model wide), the served candidates are the top of the two towers' scores summed (brute force
+    over the in-memory model, seen items excluded), and Rank over gRPC equals the in-memory model."""
+    clog = load_log(demo_log["clicks"], demo_log["items"], demo_log["users"])
+    overrides = [*TINY_TRAIN, "train.epochs=2", "model.retrieval_towers=2"]
+    report = train_and_export(clog, tmp_path / "a", overrides, run_dir=tmp_path / "run")
+    assert report is not None  # one process: rank 0
+    rec, model = Recommender.load(report.artifact), report.model.eval()
+    assert rec.artifact.item_vectors.shape == (model.cfg.n_items, 2 * model.cfg.d_model)
+    user_id, user = next(s for s in rec_seed_states(rec) if len(s[1].history) >= 5)
+    now = 1_706_000_000.0
+    hist = rec.featurizer.encode_states([user], now)
+    window, every_item = hist.items[:, -model.cfg.retrieval_len :], torch.arange(model.cfg.n_items)
+    with torch.inference_mode():  # each tower as its own model: its user vector . its item vectors
+        towers = [model.encode_sequence(window, True, t)[0, -1] @ model.tower(t)[0](every_item).T for t in (0, 1)]
+    scores = (towers[0] + towers[1]).numpy()  # (N,)
+    scores[:2] = scores[rec.featurizer.items.lookup([e.item_id for e in user.history])] = -np.inf
+    found = rec.candidates([user], 20, now).items[0]  # FAISS over the concatenated vectors, seen excluded
+    np.testing.assert_allclose(np.sort(scores[found])[::-1], np.sort(scores)[::-1][:20], rtol=1e-5)
+    server = server_factory(report.artifact)
+    items = rec.featurizer.items.tokens[2:30]
+    with torch.inference_mode():
+        expected = torch.sigmoid(model.score(hist, torch.from_numpy(rec.featurizer.items.lookup(items))[None]))[0]
+    with RecommenderClient(server.target) as client:
+        np.testing.assert_allclose(np.array(client.rank(user_id, items, request_time=now).scores), expected, atol=1e-5)
+        answer = client.recommend(user_id, k=5)
+    assert answer.personalised and len(answer.items) == 5

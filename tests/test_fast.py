@@ -40,9 +40,10 @@ def build(cfg: ModelConfig, seed: int) -> BST:
     sides=st.sampled_from([((), ()), ((6,), (1,)), ((6, 20), (1, 3))]),
     min_len=st.sampled_from([0, 1]),
     ranker_items=st.sampled_from(["shared", "own"]),
+    towers=st.sampled_from([1, 2]),
 )
 def test_fast_equals_reference(
-    seed, n_blocks, heads_d, max_len, n_cands, batch, retrieval_feature, users, sides, min_len, ranker_items
+    seed, n_blocks, heads_d, max_len, n_cands, batch, retrieval_feature, users, sides, min_len, ranker_items, towers
 ):
     n_heads, d = heads_d
     cfg = ModelConfig(
@@ -59,6 +60,7 @@ def test_fast_equals_reference(
         retrieval_feature=retrieval_feature,
         history_sees_target=n_blocks == 1,  # one block: the paper's default; more: candidate isolation
         ranker_items=ranker_items,
+        retrieval_towers=towers,
     )
     model = build(cfg, seed)
     gen = torch.Generator().manual_seed(seed)

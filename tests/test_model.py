@@ -26,6 +26,7 @@ CONFIGS = {
     "ranker_own_items": ModelConfig(
         n_items=60, side_sizes=(9, 30), side_widths=(1, 4), ranker_items="own", retrieval_heads=2
     ),
+    "retrieval_towers": ModelConfig(n_items=60, side_sizes=(9, 30), side_widths=(1, 4), retrieval_towers=2),
 }
 
 
@@ -45,7 +46,9 @@ def test_contract(name: str, check, seed: int) -> None:
         check(model, hist, cands)
 
 
-@pytest.mark.parametrize("name", ["paper_default", "multi_valued_attrs", "ordinal", "ranker_own_items"])
+@pytest.mark.parametrize(
+    "name", ["paper_default", "multi_valued_attrs", "ordinal", "ranker_own_items", "retrieval_towers"]
+)
 def test_training_ranker_path_equals_every_block_over_every_position(name: str) -> None:
     """`score(every_position=False)` (what `forward` trains) computes the last block for the target's
     query alone; it equals the reference, every block over every position, padding included."""
@@ -230,6 +233,72 @@ def test_a_ranker_with_its_own_item_tables_never_moves_the_retrieval_space() -> 
     next_loss = model.next_item_loss(model.encode_sequence(hist.items), hist.items.roll(-1, dims=1))
     next_loss.backward()
     assert all(p.grad is None for p in ranker)
+
+
+# a one-tower model's retrieval encoder -> the same parts of a second tower
+TOWER_KEYS = {"items.ids.": "towers.0.items.ids.", "items.sides.": "towers.0.items.sides.", "slot.": "towers.0.slot."}
+TOWER_KEYS |= {"retrieval_blocks.": "towers.0.blocks.", "retrieval_norm.": "towers.0.norm."}
+
+
+def one_tower_models(model: BST) -> list[BST]:
+    """One one-tower model per retrieval tower of `model`, holding that tower's weights as its retrieval
+    encoder and every other weight of `model`."""
+    state = model.state_dict()
+    mine = {k: v for k, v in state.items() if not k.startswith("towers.")}
+    out = []
+    for tower in range(model.cfg.retrieval_towers):
+        single = BST(dataclasses.replace(model.cfg, retrieval_towers=1))
+        renamed = {k: state[TOWER_KEYS[p] + k.removeprefix(p)] for k in mine for p in TOWER_KEYS if k.startswith(p)}
+        single.load_state_dict(mine | (renamed if tower else {}))
+        out.append(single)
+    return out
+
+
+@pytest.mark.parametrize("ranker_items", ["shared", "own"])
+def test_two_retrieval_towers_score_as_two_one_tower_models_summed(ranker_items: str) -> None:
+    """`retrieval_towers=2`, an ensemble in one model: its user and item vectors are those of two
+    one-tower models holding each tower's weights, concatenated, so the inner product FAISS takes is the
+    sum of the two models' retrieval scores."""
+    cfg = dataclasses.replace(CONFIGS["retrieval_towers"], ranker_items=ranker_items)
+    torch.manual_seed(0)
+    model = BST(cfg).eval()
+    for j, w in enumerate(cfg.side_widths):  # fill the side tables as the data layer would
+        getattr(model.items, f"side_table_{j}").copy_(torch.randint(0, cfg.side_sizes[j], (cfg.n_items, w)))
+    singles = [s.eval() for s in one_tower_models(model)]
+    hist = random_history(cfg, B=6, T=cfg.retrieval_len, gen=torch.Generator().manual_seed(1), min_len=1)
+    with torch.no_grad():
+        user, vectors = model.encode_user(hist), model.item_vectors()
+        assert user.shape == (6, model.retrieval_dim) and vectors.shape == (cfg.n_items, 2 * cfg.d_model)
+        want = sum(s.encode_user(hist) @ s.item_vectors().T for s in singles)  # (B, N)
+        torch.testing.assert_close(user @ vectors.T, want, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(singles[0].item_vectors(), singles[1].item_vectors())  # two tables
+        cands = torch.randint(2, cfg.n_items, (6, 5), generator=torch.Generator().manual_seed(2))
+        torch.testing.assert_close(model.retrieval_items(cands), vectors[cands])
+
+
+def test_each_retrieval_tower_trains_on_its_own_next_item_softmax() -> None:
+    """Training two towers is training two retrieval encoders independently: `forward`'s loss adds each
+    tower's own next-item loss, and each tower's gradients are those of its one-tower model's next-item
+    loss (the ranker's own tables and the detached retrieval score keep the CTR loss off both)."""
+    cfg = dataclasses.replace(CONFIGS["retrieval_towers"], ranker_items="own", dropout=0.0)
+    torch.manual_seed(0)
+    model = BST(cfg).train()
+    singles = one_tower_models(model)
+    hist = random_history(cfg, B=6, T=cfg.retrieval_len, gen=torch.Generator().manual_seed(1), min_len=2)
+    windows = hist.items[:, -cfg.retrieval_len :]
+    nxt = windows.roll(-1, dims=1) * (windows > 0)  # (B, T) the next item at each position
+    batch = dict(zip(History._fields, hist, strict=True)) | {"target": hist.items[:, -1].clamp(min=2)}
+    batch |= {"label": (torch.arange(6) % 2).float(), "next_items": windows, "next_targets": nxt}
+    model(batch)[1].backward()
+    grads = {k: p.grad for k, p in model.named_parameters()}
+    for tower, single in enumerate(singles):
+        single.train().next_item_loss(single.encode_sequence(windows), nxt).backward()
+        for name, p in single.named_parameters():
+            prefix = next((q for q in TOWER_KEYS if name.startswith(q)), None)
+            if prefix is None:
+                continue  # not a retrieval encoder's weight
+            mine = TOWER_KEYS[prefix] + name.removeprefix(prefix) if tower else name
+            torch.testing.assert_close(grads[mine], p.grad, atol=1e-6, rtol=1e-5)
 
 
 def test_config_rejects_inconsistent_values() -> None:

@@ -72,7 +72,7 @@ def user_vectors(model: BST, data: EncodedLog, ex: Examples, limit: int = 1000) 
     model.eval()
     part = ex.subset(np.arange(min(limit, len(ex))))
     if len(part) == 0:
-        return np.zeros((0, model.cfg.d_model), np.float32)
+        return np.zeros((0, model.retrieval_dim), np.float32)
     batch = data.batch(part, model_device(model))
     return model.encode_user(History(*(batch[f] for f in History._fields))).float().cpu().numpy()  # (n, d)
 
