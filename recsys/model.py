@@ -342,6 +342,10 @@ class BST(nn.Module):
         """Width R of the retrieval space: every tower's d_model wide vector, concatenated."""
         return self.cfg.d_model * self.cfg.retrieval_towers
 
+    def tower_items(self, t: int) -> ItemEmbedding:
+        """Retrieval tower t's item embedding (0: the BST's own)."""
+        return self.items if t == 0 else cast(RetrievalTower, self.towers[t - 1]).items
+
     def tower(self, t: int) -> tuple[ItemEmbedding, nn.Embedding, list[Block], nn.LayerNorm]:
         """Retrieval tower t's item embedding, slot embedding, blocks and norm (0: the BST's own)."""
         if t == 0:
@@ -366,8 +370,7 @@ class BST(nn.Module):
 
     def encode_last(self, items: Tensor) -> Tensor:
         """Every tower's newest position, concatenated. (B, T) -> (B, R)."""
-        parts = [self.encode_sequence(items, True, t)[:, -1] for t in range(self.cfg.retrieval_towers)]  # (B, d) each
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        return side_by_side([self.encode_sequence(items, True, t)[:, -1] for t in range(self.cfg.retrieval_towers)])
 
     def encode_user(self, history: History) -> Tensor:
         """The user vector for FAISS: the causal encoders' newest position. (B, R)."""
@@ -375,13 +378,11 @@ class BST(nn.Module):
 
     def retrieval_items(self, items: Tensor) -> Tensor:
         """Items' vectors in the retrieval space: every tower's embedding, concatenated. (...,) -> (..., R)."""
-        parts = [self.tower(t)[0](items) for t in range(self.cfg.retrieval_towers)]  # (..., d) each
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        return side_by_side([self.tower_items(t)(items) for t in range(self.cfg.retrieval_towers)])
 
     def embed_retrieval(self, items: Tensor, sides: list[Tensor]) -> Tensor:
         """`retrieval_items` from side values the caller passes (`ItemEmbedding.embed`). (n,) -> (n, R)."""
-        parts = [self.tower(t)[0].embed(items, sides) for t in range(self.cfg.retrieval_towers)]  # (n, d) each
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        return side_by_side([self.tower_items(t).embed(items, sides) for t in range(self.cfg.retrieval_towers)])
 
     def item_vectors(self) -> Tensor:
         """Every item's vector in the retrieval space (rows 0 and 1 are padding and unknown). (N, R)."""
@@ -443,8 +444,13 @@ class BST(nn.Module):
     def next_item_loss(self, hidden: Tensor, targets: Tensor, tower: int = 0) -> Tensor:
         """One retrieval tower's objective over the catalog; see `next_item_loss`."""
         cfg = self.cfg
-        vectors = self.tower(tower)[0](torch.arange(cfg.n_items, device=hidden.device))  # (N, d)
+        vectors = self.tower_items(tower)(torch.arange(cfg.n_items, device=hidden.device))  # (N, d)
         return next_item_loss(hidden, targets, vectors, cfg.retrieval_temperature, cfg.retrieval_label_smoothing)
+
+
+def side_by_side(parts: list[Tensor]) -> Tensor:
+    """Each retrieval tower's (..., d) -> (..., R), concatenated on the last axis (one tower: itself, uncopied)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
 def listwise_loss(logits: Tensor, labels: Tensor, group: Tensor, listed: Tensor | None = None) -> Tensor:

@@ -263,7 +263,7 @@ def test_two_retrieval_towers_train_export_and_serve_as_one_index(demo_log, tmp_
     hist = rec.featurizer.encode_states([user], now)
     window, every_item = hist.items[:, -model.cfg.retrieval_len :], torch.arange(model.cfg.n_items)
     with torch.inference_mode():  # each tower as its own model: its user vector . its item vectors
-        towers = [model.encode_sequence(window, True, t)[0, -1] @ model.tower(t)[0](every_item).T for t in (0, 1)]
+        towers = [model.encode_sequence(window, True, t)[0, -1] @ model.tower_items(t)(every_item).T for t in (0, 1)]
     scores = (towers[0] + towers[1]).numpy()  # (N,)
     scores[:2] = scores[rec.featurizer.items.lookup([e.item_id for e in user.history])] = -np.inf
     found = rec.candidates([user], 20, now).items[0]  # FAISS over the concatenated vectors, seen excluded
