@@ -23,14 +23,18 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type[C], data: Mapping[str, Any], where: str = "config") -> C:
-    """Build `cls` from a mapping; unknown keys and ill-typed values raise `InvalidArgument`."""
+    """Build `cls` from a mapping; unknown keys, ill-typed values and values the config's own checks
+    refuse raise `InvalidArgument`."""
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise InvalidArgument(f"{where}: unknown key(s) {unknown} for {cls.__name__}; fix: use one of {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as err:  # a config's own consistency check (ModelConfig's raise ValueError)
+        raise InvalidArgument(f"{where}: {err}") from err
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

@@ -60,6 +60,17 @@ def test_fit_with_an_unknown_config_key(tmp_path: Path, demo_log) -> None:
     assert "unknown key 'depth'" in one_error_line(proc)
 
 
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [("model.retrieval_towers=0", "retrieval_towers=0 must be >= 1"), ("model.retrieval_heads=3", "retrieval_heads=3")],
+)
+def test_fit_with_a_model_config_its_own_checks_refuse(tmp_path: Path, demo_log, override: str, words: str) -> None:
+    proc = run("training", "fit", "--log", str(demo_log["clicks"]), "--out", str(tmp_path / "a"), "--set", override)
+    assert proc.returncode == 2
+    assert words in one_error_line(proc)
+    assert not (tmp_path / "a").exists(), "fails before anything is written"
+
+
 def test_fit_with_a_malformed_device(tmp_path: Path, demo_log) -> None:
     proc = run(
         "training", "fit", "--log", str(demo_log["clicks"]), "--out", str(tmp_path / "a"), "--set", "train.device=gpu"

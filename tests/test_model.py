@@ -306,6 +306,8 @@ def test_config_rejects_inconsistent_values() -> None:
         ModelConfig(n_items=10, d_model=30, n_heads=8)
     with pytest.raises(ValueError, match="retrieval_heads=3"):
         ModelConfig(n_items=10, retrieval_heads=3)
+    with pytest.raises(ValueError, match="retrieval_towers=0 must be >= 1"):
+        ModelConfig(n_items=10, retrieval_towers=0)
     with pytest.raises(ValueError, match="retrieval_len"):
         ModelConfig(n_items=10, max_len=30, retrieval_len=20)
     for bad in (-0.1, 1.0):
