@@ -234,8 +234,29 @@ def score_bst(report: TrainReport, ts: TestSet, check: bool, precisions: Sequenc
         extra[f"bst-{precision}"] = ts.ctr(fast_ctr_logits(low, data, ts.pairs), calibrated=True) | full(
             served_ranks(low, data, ts.positives), ("hr@10", "ndcg@10")
         )
+    cost = fit_cost(report.fit)
+    if report.selection is not None and report.selected is not None and report.selected_model is not None:
+        # train.refit: the exported model is the refit; the selected one (before it) is the ablation, and the
+        # cost is both fits, the validation metrics the selected model's (the refit trained on validation)
+        cost = fit_cost(report.selection) | {
+            "train_seconds": report.selection.seconds + report.fit.seconds,
+            "refit_seconds": report.fit.seconds,
+        }
+        before = Recommender.load(report.selected)
+        extra["selected"] = {
+            **{
+                f"served_{k}": v
+                for k, v in full(served_ranks(before, data, ts.positives), ("hr@10", "ndcg@10")).items()
+            },
+            **{
+                f"retrieval_{k}": v
+                for k, v in full(
+                    retrieval_ranks(report.selected_model, data, ts.positives), ("hr@10", "ndcg@10")
+                ).items()
+            },
+        }
     return {
-        "bst": ranker | served | ts.sampled(model_candidates(bst, data)) | fit_cost(report.fit) | depth,
+        "bst": ranker | served | ts.sampled(model_candidates(bst, data)) | cost | depth,
         "served": served,
         "retrieval": (
             ts.ctr(target_scores(retrieval, ts.pairs), calibrated=False)

@@ -42,6 +42,7 @@ from training.dataset import (
     mine_hard_negatives,
     next_item_windows,
     sample_negatives,
+    with_validation,
 )
 from training.evaluate import ctr_metrics, gauc, rank_metrics, score_ranks
 from training.pipeline import TrainReport, build_model
@@ -312,6 +313,52 @@ def test_the_time_budget_cuts_an_epoch_short(encoded: tuple[EncodedLog, ModelCon
     assert result.examples_per_second > 0
     # the learning-rate schedule was shortened to the budget: it ends right after the steps taken
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["horizon"] == BUDGET_CHECK_STEPS + 1
+
+
+def test_a_refit_trains_its_epochs_unvalidated_and_keeps_the_last(
+    encoded: tuple[EncodedLog, ModelConfig], tmp_path: Path
+) -> None:
+    """`keep_last` (train.refit's second fit, whose data holds the validation clicks): every epoch runs,
+    none is validated, and the model ends with the last epoch's weights, the ones its checkpoint holds."""
+    data, cfg = encoded
+    split = with_validation(leave_one_out(data))
+    split = Split(split.train.subset(np.arange(600)), split.valid, split.test, split.popularity)
+    torch.manual_seed(0)
+    model = BST(cfg)
+    model.load_state_dict(data.featurizer.side_buffers(), strict=False)
+    train = TrainConfig(epochs=3, batch_size=64, hard_negatives=0, progress=False, patience=1)
+    result = fit(model, data, split, train, tmp_path, keep_last=True)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3] and result.best_epoch == 3
+    assert not [k for r in records for k in r if k.startswith("valid_")] and result.best_metrics == {}
+    last = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["model"]
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, last[name], rtol=0, atol=0, msg=name)
+
+
+def test_a_refit_split_trains_on_every_validation_click_and_holds_test_out(
+    encoded: tuple[EncodedLog, ModelConfig],
+) -> None:
+    """`with_validation`: the validation positives join the training ones (and the next-item windows,
+    and the popularity); the test positives stay out of all three."""
+    data, _ = encoded
+    split = leave_one_out(data)
+    refit = with_validation(split)
+    assert len(refit.train) == len(split.train) + len(split.valid)
+
+    def pairs(ex: Examples) -> set[tuple[int, int]]:
+        return set(zip(ex.user.tolist(), ex.end.tolist(), strict=True))
+
+    assert pairs(split.valid) <= pairs(refit.train) and not pairs(split.test) & pairs(refit.train)
+    np.testing.assert_array_equal(
+        refit.popularity - split.popularity, np.bincount(split.valid.target, minlength=len(split.popularity))
+    )
+    length = 8
+    windows = next_item_windows(data, refit.train, length)
+    targets = np.bincount(windows.targets[windows.targets > 0], minlength=data.n_items)
+    pos = refit.train.subset(np.flatnonzero(refit.train.label > 0.5))
+    np.testing.assert_array_equal(targets, np.bincount(data.items[pos.end], minlength=data.n_items))
+    assert len(pos) == len(split.train.subset(np.flatnonzero(split.train.label > 0.5))) + len(split.valid)
 
 
 def reference_epoch(data: EncodedLog, split: Split, tc: TrainConfig, epoch: int, model: BST | None) -> Examples:

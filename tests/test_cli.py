@@ -71,6 +71,26 @@ def test_fit_with_a_model_config_its_own_checks_refuse(tmp_path: Path, demo_log,
     assert not (tmp_path / "a").exists(), "fails before anything is written"
 
 
+def test_retrain_with_refit_is_refused_not_ignored(tmp_path: Path, trained, demo_log) -> None:
+    """train.refit belongs to `fit`; retrain (whose gate holds its own holdout out) refuses it by name."""
+    proc = run(
+        "training",
+        "retrain",
+        "--from",
+        str(trained.artifact),
+        "--log",
+        str(demo_log["clicks"]),
+        "--out",
+        str(tmp_path / "a"),
+        "--set",
+        "train.refit=true",
+    )
+    assert proc.returncode == 2
+    line = one_error_line(proc)
+    assert "train.refit=true" in line and "fix:" in line
+    assert not (tmp_path / "a").exists(), "nothing written"
+
+
 def test_fit_with_a_malformed_device(tmp_path: Path, demo_log) -> None:
     proc = run(
         "training", "fit", "--log", str(demo_log["clicks"]), "--out", str(tmp_path / "a"), "--set", "train.device=gpu"

@@ -125,6 +125,40 @@ def test_the_export_serves_at_the_depth_and_blend_that_scored_best_on_validation
         Recommender.load(old, retrieval_blend=-1.0)
 
 
+def test_a_refit_exports_the_model_trained_on_validation_and_serves_as_the_selected_one_chose(
+    demo_log, tmp_path: Path
+) -> None:
+    """`train.refit`: the exported version is the second fit (the selected epoch count, on the training
+    and validation clicks, from the same initial weights); the depth, blend and validation metrics in
+    its manifest are the selected model's, which alone was validated; the registry holds one version."""
+    from recsys.data import load_log
+    from training.pipeline import train_and_export
+
+    clog = load_log(demo_log["clicks"], demo_log["items"], demo_log["users"])
+    overrides = ["train.epochs=2", "train.progress=false", "train.seed=0", "train.refit=true"]
+    report = train_and_export(clog, tmp_path / "artifacts", overrides, run_dir=tmp_path / "run")
+    assert report is not None and report.selection is not None and report.selected is not None
+    assert report.selected_model is not None
+    manifest = json.loads((report.artifact / "manifest.json").read_text())
+    chosen = json.loads((report.selected / "manifest.json").read_text())
+    split = leave_one_out(report.data)
+    assert manifest["refit"]["epochs"] == report.selection.best_epoch == len(report.fit.history)
+    assert manifest["serving"] == chosen["serving"] and manifest["metrics"] == chosen["metrics"]
+    assert manifest["metrics"]["valid_ndcg@10"] == report.selection.best_metrics["ndcg@10"]
+    assert manifest["data"]["train_examples"] == len(split.train) + len(split.valid)
+    assert chosen["data"]["train_examples"] == len(split.train)
+    assert [p.name for p in (tmp_path / "artifacts").iterdir() if p.is_dir()] == [report.artifact.name]
+    assert (tmp_path / "artifacts" / artifact.LATEST).read_text().strip() == report.artifact.name
+    rec = Recommender.load(report.artifact)
+    assert (rec.retrieval_depth, rec.retrieval_blend) == (
+        chosen["serving"]["retrieval_depth"],
+        chosen["serving"]["retrieval_blend"],
+    )
+    refit, selected = report.model.state_dict(), report.selected_model.state_dict()
+    assert any(not torch.equal(refit[k], selected[k]) for k in refit if refit[k].is_floating_point())
+    torch.testing.assert_close(rec.model.state_dict()["items.ids.weight"], refit["items.ids.weight"])
+
+
 def test_the_blend_orders_by_ranker_and_retrieval_together_and_keeps_scores_probabilities(trained) -> None:
     rec = Recommender.load(trained.artifact)
     valid = leave_one_out(trained.data).valid.subset(np.arange(40))

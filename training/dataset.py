@@ -325,6 +325,15 @@ def leave_one_out(data: EncodedLog) -> Split:
     )
 
 
+def with_validation(split: Split) -> Split:
+    """The split a refit trains on (`train.refit`): the validation positives join the training ones and
+    count in the popularity; test stays held out. `valid` is kept, but a refit never evaluates it (it is
+    trained on), so nothing is selected on it."""
+    valid = split.valid
+    popularity = split.popularity + np.bincount(valid.target, minlength=len(split.popularity))
+    return Split(Examples.concat([split.train, valid]), valid, split.test, popularity)
+
+
 def time_split(data: EncodedLog, cutoff: float) -> Split:
     """A global time split: every positive at or after `cutoff` is test (with all its earlier positives
     as history); per user with >= 3 positives before it, the last of those is validation; the rest

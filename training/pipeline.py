@@ -3,7 +3,9 @@ both call `train_and_export`."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from recsys.data import ClickLog
 from recsys.index import FIRST_ITEM, IndexConfig
 from recsys.model import BST, ModelConfig
 from recsys.recommender import Recommender
-from training.dataset import EncodedLog, Examples, Split, leave_one_out, sample_negatives
+from training.dataset import EncodedLog, Examples, Split, leave_one_out, sample_negatives, with_validation
 from training.evaluate import (
     choose_serving,
     ctr_logits,
@@ -44,8 +46,11 @@ class TrainReport:
     artifact: Path
     fit: FitResult
     test: dict[str, dict[str, float]]
-    model: BST  # the in-memory model that was exported (best epoch)
+    model: BST  # the in-memory model that was exported (best epoch, or the refit's last)
     data: EncodedLog
+    selected: Path | None = None  # with train.refit: the selected model's artifact (under the run dir)
+    selected_model: BST | None = None  # and the model itself, chosen on validation before the refit
+    selection: FitResult | None = None  # and its fit (`fit` is then the refit's)
 
 
 def configs(overrides: list[str]) -> tuple[ModelConfig, TrainConfig]:
@@ -179,25 +184,87 @@ def train_and_export(
 
 def export_trained(prep: Prepared, out: Path, run_dir: Path | None = None, resume: bool = False) -> TrainReport | None:
     """Train, export a version under `out`, and report its test metrics. Under torchrun every rank
-    trains (`training.trainer.fit`) and rank 0 alone exports; the other ranks return None."""
+    trains (`training.trainer.fit`) and rank 0 alone exports; the other ranks return None.
+
+    With `train.refit` the model chosen on validation (`selected`) is not the one exported: a second
+    fit starts from the same initial weights and trains the selected number of epochs on the training
+    split plus every user's validation click (`training.dataset.with_validation`: the newest click
+    before the test one, which the first fit never learnt from), keeping its last epoch. The selected
+    model is written under `run_dir/selected/` and serves the validation clicks to choose the serving
+    depth and blend (the refit model has trained on them); the exported manifest carries that choice,
+    the selected model's validation metrics and a `refit` entry. Test stays held out from both."""
     model, data, split, train_cfg = prep.model, prep.data, prep.split, prep.train_cfg
-    feats = data.featurizer
+    run_dir = run_dir or Path("runs") / "fit"
+    initial = copy.deepcopy(model.state_dict()) if train_cfg.refit else None
     t0 = time.monotonic()
-    result = fit(model, data, split, train_cfg, run_dir or Path("runs") / "fit", resume=resume)
+    result = fit(model, data, split, train_cfg, run_dir, resume=resume)
     log.info("trained in %.1f s (best epoch %d)", time.monotonic() - t0, result.best_epoch)
+    selected: BST | None = None
+    trained_split, fit_result = split, result
+    if initial is not None:
+        selected = copy.deepcopy(model)
+        model.load_state_dict(initial)
+        trained_split = with_validation(split)
+        refit_cfg = dataclasses.replace(train_cfg, epochs=max(1, result.best_epoch))
+        log.info("refit: %d epochs on the training and validation clicks", refit_cfg.epochs)
+        fit_result = fit(model, data, trained_split, refit_cfg, run_dir / "refit", resume=resume, keep_last=True)
+        log.info("refit in %.1f s", fit_result.seconds)
     if distributed()[0] > 0:
         return None
     summary: dict[str, Any] = {
         **prep.summary,
         "split": "leave_one_out",
-        "train_examples": len(split.train),
+        "train_examples": len(trained_split.train),
         "valid": len(split.valid),
         "test": len(split.test),
     }
-    path = artifact.save(
+    extra: dict[str, Any] = {
+        "train_config": to_dict(train_cfg),
+        "train_seconds": round(result.seconds + (fit_result.seconds if selected is not None else 0.0), 1),
+        "examples_per_second": round(fit_result.examples_per_second, 1),
+    }
+    selected_path = None
+    if selected is not None:  # the selected model, to serve the validation clicks; not a registry version
+        selected_summary = summary | {"train_examples": len(split.train)}
+        selected_path = _export(selected, prep, split, result, run_dir / "selected", selected_summary, extra.copy())
+        choose_serving_depth(selected_path, data, split.valid, train_cfg)
+        serving = json.loads((selected_path / artifact.MANIFEST).read_text()).get("serving")
+        extra |= {
+            "refit": {
+                "epochs": fit_result.history[-1]["epoch"] if fit_result.history else 0,
+                "trained_on": "the training split plus every user's validation click (test held out)",
+                "selected": {"best_epoch": result.best_epoch, "train_seconds": round(result.seconds, 1)},
+                "refit_seconds": round(fit_result.seconds, 1),
+                "validation_metrics_of": "the selected model (the refit model trained on the validation clicks)",
+            },
+        } | ({"serving": serving} if serving else {})
+    path = _export(model, prep, trained_split, result, Path(out), summary, extra)
+    if selected is None:
+        choose_serving_depth(path, data, split.valid, train_cfg)
+    artifact.set_latest(Path(out), path.name)
+    rec = Recommender.load(path)
+    test = test_metrics(model, rec, data, split, train_cfg.seed, train_cfg.test_users)
+    if selected is None:
+        return TrainReport(path, result, test, model, data)
+    return TrainReport(path, fit_result, test, model, data, selected_path, selected, result)
+
+
+def _export(
+    model: BST,
+    prep: Prepared,
+    split: Split,
+    result: FitResult,
+    out: Path,
+    summary: dict[str, Any],
+    extra: dict[str, Any],
+) -> Path:
+    """A version of `model` under `out` (LATEST not moved): the popular list from `split`'s training
+    clicks, the validation metrics of `result` (the selection fit)."""
+    data = prep.data
+    return artifact.save(
         out,
         model,
-        feats,
+        data.featurizer,
         popular_list(split.popularity),
         data.seed_table(SEED_HISTORY),
         summary,
@@ -205,14 +272,5 @@ def export_trained(prep: Prepared, out: Path, run_dir: Path | None = None, resum
         make_latest=False,
         index_config=prep.index_cfg,
         queries=user_vectors(model, data, split.valid, prep.index_cfg.recall_queries),
-        extra={
-            "train_config": to_dict(train_cfg),
-            "train_seconds": round(result.seconds, 1),
-            "examples_per_second": round(result.examples_per_second, 1),
-        },
+        extra=extra,
     )
-    choose_serving_depth(path, data, split.valid, train_cfg)
-    artifact.set_latest(Path(out), path.name)
-    rec = Recommender.load(path)
-    test = test_metrics(model, rec, data, split, train_cfg.seed, train_cfg.test_users)
-    return TrainReport(path, result, test, model, data)

@@ -177,6 +177,11 @@ def retrain(
 ) -> RetrainReport:
     check_prefixes(overrides or [], ("train", "index"))
     train_cfg = apply_overrides(TrainConfig(), overrides or [], "train")
+    if train_cfg.refit:  # never silently ignored: the gate's holdout design has no refit step (yet)
+        raise InvalidArgument(
+            "train.refit=true: retrain does not refit (its candidate trains on everything before the gate's "
+            "holdout, with each user's last click before it for early stopping); fix: drop --set train.refit"
+        )
     index_cfg = apply_overrides(IndexConfig(), overrides or [], "index")  # an unknown key fails before training
     root = Path(out)
     base = artifact.load(base_path)

@@ -77,6 +77,9 @@ class TrainConfig:
     serve_blends: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # weights of retrieval's opinion in the
     # served order (`recsys.recommender.blend_order`: 0 = the ranker alone), tried with every depth; the best
     # pair on validation is served
+    refit: bool = False  # after selection, train again from the same initial weights for the best epoch count
+    # on the training split plus every user's validation click, and export that model (`training.pipeline`:
+    # the serving depth and blend and the manifest's validation metrics are the selected model's)
     device: str = "cpu"  # where `fit` trains: cpu, cuda (under torchrun each rank takes cuda:LOCAL_RANK),
     # cuda:N, or auto (cuda when torch sees a GPU). The model comes back on the CPU for export and serving.
 
@@ -334,9 +337,17 @@ def distributed() -> tuple[int, int]:
 
 
 def fit(
-    model: nn.Module, data: EncodedLog, split: Split, cfg: TrainConfig, run_dir: Path, resume: bool = False
+    model: nn.Module,
+    data: EncodedLog,
+    split: Split,
+    cfg: TrainConfig,
+    run_dir: Path,
+    resume: bool = False,
+    keep_last: bool = False,
 ) -> FitResult:
-    """Train `model` in place and load its best epoch's weights.
+    """Train `model` in place and load its best epoch's weights. With `keep_last` (a refit on data that
+    includes the validation clicks, `training.pipeline`) nothing is validated: `cfg.epochs` epochs are
+    trained (or as many as the time budget allows) and the last one's weights are kept.
 
     Data-parallel under torchrun (an initialised process group): every rank builds the same epoch (same
     seeds), takes every world-th step of it with `batch_size / world` examples, so the global batch and
@@ -371,7 +382,8 @@ def fit(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, cfg.warmup_steps, horizon[0], cfg.min_lr_ratio)
     )
-    valid_pos, valid_ctr = validation_set(data, split, cfg)
+    # keep_last: the split trains on its validation clicks, so they are never evaluated (nor these sets built)
+    valid_pos, valid_ctr = validation_set(data, split, cfg) if not keep_last else (split.valid, split.valid)
     # models with a next-item head (a `sequence_len`) see each user's training positives once an epoch
     seq_len = int(getattr(model, "sequence_len", 0))
     windows = next_item_windows(data, split.train, seq_len) if seq_len else None
@@ -445,7 +457,7 @@ def fit(
         bar.close()
         # the epoch's arrays go before evaluation and before the next epoch's are built beside them
         del loader, bar, chunks, wparts, perm, examples
-        metrics = evaluate(model, data, valid_pos, valid_ctr)
+        metrics = evaluate(model, data, valid_pos, valid_ctr) if not keep_last else {}
         record = {
             "epoch": epoch + 1,
             "train_loss": running,
@@ -459,7 +471,7 @@ def fit(
         if rank == 0:
             with metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-        score = metrics[cfg.select_metric] if cfg.select_metric in metrics else metrics["auc"]
+        score = metrics.get(cfg.select_metric, metrics.get("auc", float(epoch)))  # keep_last: every epoch improves
         done = sched.last_epoch  # optimizer steps so far (this run and any it resumed)
         shorter = budget_horizon(done, time.monotonic() - t0, done - start_steps, cfg.max_minutes, horizon[0], world)
         if shorter < horizon[0]:
@@ -488,15 +500,18 @@ def fit(
                 },
                 ckpt_path,
             )
-        log.info(
-            "epoch %d: loss %.4f, valid %s=%.4f auc=%.4f%s",
-            epoch + 1,
-            running,
-            cfg.select_metric,
-            score,
-            metrics["auc"],
-            " (best)" if improved else "",
-        )
+        if keep_last:
+            log.info("epoch %d: loss %.4f (refit: not validated)", epoch + 1, running)
+        else:
+            log.info(
+                "epoch %d: loss %.4f, valid %s=%.4f auc=%.4f%s",
+                epoch + 1,
+                running,
+                cfg.select_metric,
+                score,
+                metrics["auc"],
+                " (best)" if improved else "",
+            )
         if bad >= cfg.patience:
             log.info("early stop: no improvement in %d epochs", bad)
             break
@@ -526,7 +541,7 @@ def plot_curve(history: list[dict[str, Any]], path: Path, metric: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not history:
+    if not history or "valid_auc" not in history[0]:  # a refit (`keep_last`) has no validation curve
         return
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
